@@ -1,0 +1,1 @@
+"""Feed-forward 3D Gaussian generation: models, rendering, cameras, data."""

@@ -1,0 +1,1 @@
+"""Training datasets: synthetic (no files) and folder-of-renders."""

@@ -1,0 +1,211 @@
+"""Options: one dataclass for model, data, training and inference settings, plus named presets.
+
+``python main.py big --lr 1e-4`` picks the ``big`` preset and overrides one field; every field's
+docstring below is its ``--help`` text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Tuple
+
+import tyro
+
+
+@dataclass
+class Options:
+    # ------------------------------------------------------------------ model
+    input_size: int = 256
+    """Side of the 4 input views fed to the U-Net (pixels)."""
+    down_channels: Tuple[int, ...] = (64, 128, 256, 512, 1024, 1024)
+    """Channels of the U-Net's down blocks (one block per entry; all but the last downsample by 2)."""
+    down_attention: Tuple[bool, ...] = (False, False, False, True, True, True)
+    """Which down blocks have cross-view self-attention."""
+    mid_attention: bool = True
+    """Cross-view self-attention in the middle block."""
+    up_channels: Tuple[int, ...] = (1024, 1024, 512, 256)
+    """Channels of the up blocks (all but the last upsample by 2)."""
+    up_attention: Tuple[bool, ...] = (True, True, True, False)
+    """Which up blocks have cross-view self-attention."""
+    attention_heads: int = 16
+    """Heads of every cross-view attention layer (the published weights use 16)."""
+    grad_checkpoint: bool = False
+    """Recompute U-Net blocks in the backward pass (activation checkpointing): less memory, ~30% slower."""
+    splat_size: int = 64
+    """Side of the Gaussian grid the U-Net predicts per view; the model outputs 4 * splat_size^2 Gaussians."""
+    output_size: int = 256
+    """Side of the views rendered for supervision (pixels)."""
+
+    # ------------------------------------------------------------------ cameras
+    fovy: float = 49.1
+    """Vertical field of view of every camera (degrees)."""
+    znear: float = 0.5
+    """Near plane of the projection matrix."""
+    zfar: float = 2.5
+    """Far plane of the projection matrix."""
+    cam_radius: float = 1.5
+    """Distance of the orbit cameras from the origin."""
+
+    # ------------------------------------------------------------------ rendering
+    renderer: Literal["auto", "torch", "gsplat"] = "auto"
+    """Rasterizer backend: gsplat on CUDA when installed (auto), or the pure-PyTorch reference."""
+
+    # ------------------------------------------------------------------ data
+    dataset: Literal["synthetic", "folder"] = "synthetic"
+    """Training data: procedurally generated objects (no files) or a folder of renders."""
+    data_root: Optional[str] = None
+    """Folder dataset: root holding <uid>/rgb/NNN.png and <uid>/pose/NNN.txt (or <uid>/transforms.json)."""
+    data_list: Optional[str] = None
+    """Folder dataset: text file with one uid per line (default: every sub-folder of data_root)."""
+    num_views: int = 12
+    """Views per object in a training sample: the input views first, then supervision views."""
+    num_input_views: int = 4
+    """Input views fed to the U-Net (the architecture expects 4)."""
+    input_view_ids: Optional[Tuple[int, ...]] = None
+    """Folder dataset: which view indices are the inputs (default: the first 4 files)."""
+    num_train_objects: int = 2000
+    """Synthetic dataset: number of distinct training objects (indices wrap around)."""
+    num_eval_objects: int = 8
+    """Held-out objects used for evaluation (synthetic: separate seeds; folder: the last uids)."""
+    prob_grid_distortion: float = 0.5
+    """Probability of distorting the grids of input views 2-4 (training only)."""
+    prob_cam_jitter: float = 0.5
+    """Probability of jittering the cameras of input views 2-4 (training only)."""
+    num_workers: int = 2
+    """DataLoader worker processes."""
+
+    # ------------------------------------------------------------------ training
+    workspace: str = "./workspace"
+    """Output folder: checkpoints, logs, metrics, images."""
+    resume: Optional[str] = None
+    """Initial weights (.safetensors/.pt/.pth); loaded tolerantly, optimizer state is not restored."""
+    resume_from: Optional[str] = None
+    """Full-state resume: 'latest' or a checkpoint folder (weights, optimizer, scheduler, RNG, data position)."""
+    batch_size: int = 8
+    """Objects per batch and process."""
+    gradient_accumulation_steps: int = 1
+    """Batches accumulated before each optimizer step."""
+    num_epochs: int = 30
+    """Epochs to train (ignored when max_steps is set)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (overrides num_epochs)."""
+    max_minutes: Optional[float] = None
+    """Also stop after this much wall-clock training time (then save, evaluate and export as usual)."""
+    lr: float = 4e-4
+    """Peak learning rate of OneCycleLR."""
+    warmup_steps: int = 3000
+    """Warm-up optimizer steps of OneCycleLR (capped at 30% of the total)."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    gradient_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = off)."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
+    """Accelerate mixed precision (CPU runs use fp32 regardless)."""
+    lambda_lpips: float = 1.0
+    """Weight of the LPIPS (VGG) loss; 0 turns it off and needs no backbone."""
+    lambda_ssim: float = 0.0
+    """Weight of a (1 - SSIM) loss term."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights (0 = off, e.g. 0.999); used for eval and export."""
+    seed: int = 0
+    """Random seed (model init, data order, augmentations)."""
+    log_every: int = 50
+    """Print a console line (loss, lr, memory) every N optimizer steps."""
+    eval_every: int = 1000
+    """Evaluate on held-out objects every N optimizer steps (and at the end); 0 = only at the end."""
+    save_every: int = 1000
+    """Save a full training state every N optimizer steps (and at the end)."""
+    keep_last: int = 3
+    """Full training states to keep (older ones are deleted)."""
+    image_every: int = 500
+    """Write an image grid (inputs | ground truth | prediction) every N optimizer steps."""
+    max_nonfinite_steps: int = 5
+    """Abort after this many consecutive steps with a non-finite loss."""
+    export_objects: int = 0
+    """After training, reconstruct this many held-out objects: .ply, turntable .mp4 and a preview each."""
+    video_frames: int = 180
+    """Frames of an exported turntable video (30 fps)."""
+
+    def __post_init__(self):
+        _check(len(self.down_channels) == len(self.down_attention), "down_channels and down_attention differ in length")
+        _check(len(self.up_channels) == len(self.up_attention), "up_channels and up_attention differ in length")
+        _check(len(self.up_channels) < len(self.down_channels), "need fewer up blocks than down blocks")
+        bottom = self.input_size // 2 ** (len(self.down_channels) - 1)
+        expected = bottom * 2 ** (len(self.up_channels) - 1)
+        _check(
+            expected == self.splat_size,
+            f"splat_size={self.splat_size} but input_size={self.input_size} with {len(self.down_channels)} down "
+            f"and {len(self.up_channels)} up blocks gives {expected}",
+        )
+        _check(self.num_input_views == 4, "the multi-view U-Net is built for 4 input views")
+        _check(self.num_views > self.num_input_views, "num_views must exceed num_input_views")
+
+
+class OptionsError(ValueError):
+    """Inconsistent options (raised at construction)."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise OptionsError(msg)
+
+
+config_defaults: dict[str, Options] = {}
+config_doc: dict[str, str] = {}
+
+config_doc["small"] = "LGM 'small': 256 px in, 64x64 Gaussians per view, 256 px supervision."
+config_defaults["small"] = Options()
+
+config_doc["big"] = "LGM 'big' (the published model_fp16_fixrot weights): 128x128 Gaussians per view, 512 px."
+config_defaults["big"] = Options(
+    up_channels=(1024, 1024, 512, 256, 128),
+    up_attention=(True, True, True, False, False),
+    splat_size=128,
+    output_size=512,
+    num_views=8,
+    batch_size=8,
+)
+
+config_doc["tiny"] = "LGM 'tiny': narrower U-Net (60M parameters), 64x64 Gaussians per view."
+config_defaults["tiny"] = Options(
+    down_channels=(32, 64, 128, 256, 512),
+    down_attention=(False, False, False, False, True),
+    up_channels=(512, 256, 128),
+    up_attention=(True, False, False),
+    splat_size=64,
+    output_size=256,
+    num_views=8,
+    batch_size=16,
+)
+
+config_doc["cpu"] = "Small model for 2-core CPUs: 128 px in, 32x32 Gaussians per view; trains in minutes."
+config_defaults["cpu"] = Options(
+    input_size=128,
+    down_channels=(32, 64, 128, 256),
+    down_attention=(False, False, False, True),
+    up_channels=(256, 128),
+    up_attention=(True, False),
+    attention_heads=8,
+    splat_size=32,
+    output_size=128,
+    num_views=8,
+    batch_size=4,
+    lr=2e-3,
+    warmup_steps=50,
+    lambda_lpips=0.0,
+    mixed_precision="no",
+    num_workers=0,
+    log_every=25,
+    eval_every=0,
+    save_every=250,
+    image_every=100,
+    workspace="./workspace_cpu",
+)
+
+AllConfigs = tyro.extras.subcommand_type_from_defaults(config_defaults, config_doc)
+
+
+def replace(opt: Options, **changes) -> Options:
+    """A copy of ``opt`` with some fields changed (re-validated)."""
+    return dataclasses.replace(opt, **changes)

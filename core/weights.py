@@ -1,0 +1,158 @@
+"""Reading and loading weight files: the one place that touches checkpoints on disk.
+
+- ``.safetensors`` (any dtype, e.g. the published fp16 files) are read with safetensors;
+- ``.pt`` / ``.pth`` / ``.bin`` only with ``torch.load(weights_only=True)`` (no pickled code);
+- strict loading reports which preset a mismatching checkpoint seems to be;
+- tolerant loading copies every tensor whose name and shape match and lists the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRETRAINED_DIR = REPO_ROOT / "pretrained"
+
+# where each published file comes from: used in error messages and by scripts/download_weights.py
+DOWNLOAD_HINTS = {
+    "model_fp16_fixrot.safetensors": "python scripts/download_weights.py --only lgm",
+    "model_fp16.safetensors": "python scripts/download_weights.py --only lgm",
+    "model.safetensors": "python scripts/download_weights.py --only lgm",
+}
+
+
+class WeightsError(RuntimeError):
+    """A weight file that cannot be used; the message says what to do."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    pass
+
+
+class WeightsMismatchError(WeightsError):
+    pass
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, file shape, model shape)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 8) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        for title, items in (
+            ("shape mismatch (file vs model)", [f"{n}: {tuple(a)} vs {tuple(b)}" for n, a, b in self.mismatched]),
+            ("missing in the file", self.missing),
+            ("not used from the file", self.unexpected),
+        ):
+            if items:
+                lines.append(f"{len(items)} {title}:")
+                lines += [f"    {x}" for x in items[:limit]]
+                if len(items) > limit:
+                    lines.append(f"    ... and {len(items) - limit} more")
+        return "\n".join(lines)
+
+
+def resolve_weights(path) -> Path:
+    """The path of an existing weight file: as given, or by name inside ``pretrained/``."""
+    p = Path(path).expanduser()
+    candidates = [p] if p.is_absolute() else [p, PRETRAINED_DIR / p.name]
+    for c in candidates:
+        if c.is_file():
+            return c
+    hint = DOWNLOAD_HINTS.get(p.name)
+    how = f"Fetch it with `{hint}`" if hint else "Check the path"
+    raise WeightsNotFoundError(
+        f"Weight file not found: {p}\n{how}, or point to another file (e.g. --resume PATH).\n"
+        f"Published LGM weights live in {PRETRAINED_DIR}/ (see pretrained/README.md)."
+    )
+
+
+def read_state_dict(path) -> dict[str, Tensor]:
+    """All tensors of a weight file on the CPU, in the dtype they were saved in."""
+    p = resolve_weights(path)
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p), device="cpu")
+        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        else:
+            raise WeightsError(f"Unknown weight file type '{suffix}' for {p}: use .safetensors, .pt or .pth")
+    except WeightsError:
+        raise
+    except Exception as e:  # corrupt file, pickled code refused by weights_only, ...
+        raise WeightsError(f"Could not read weights from {p}: {type(e).__name__}: {e}") from e
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise WeightsError(f"{p} does not hold a flat dict of tensors")
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def compare_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> LoadReport:
+    own = model.state_dict()
+    report = LoadReport()
+    for name, t in sd.items():
+        if name not in own:
+            report.unexpected.append(name)
+        elif tuple(own[name].shape) != tuple(t.shape):
+            report.mismatched.append((name, tuple(t.shape), tuple(own[name].shape)))
+        else:
+            report.loaded.append(name)
+    report.missing = [n for n in own if n not in sd]
+    return report
+
+
+def guess_preset(sd: dict[str, Tensor]) -> Optional[str]:
+    """The LGM preset whose parameter names and shapes equal those of ``sd``, if any."""
+    from core.models import state_dict_shapes
+    from core.options import config_defaults
+
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    for name, opt in config_defaults.items():
+        if state_dict_shapes(opt) == shapes:
+            return name
+    return None
+
+
+def load_weights(model: nn.Module, path, strict: bool = True, preset: Optional[str] = None) -> LoadReport:
+    """Load a weight file into ``model`` (values cast to the model's dtypes).
+
+    strict: every tensor must match by name and shape, else :class:`WeightsMismatchError` naming
+    the preset the file seems to be; otherwise copy what matches and return the report.
+    """
+    p = resolve_weights(path)
+    sd = read_state_dict(p)
+    report = compare_state_dict(model, sd)
+    if strict and not report.complete:
+        seems = guess_preset(sd)
+        seems_txt = f"it looks like preset '{seems}'" if seems else "it matches no known preset"
+        want = f" for preset '{preset}'" if preset else ""
+        raise WeightsMismatchError(
+            f"Checkpoint {p} does not fit the model{want}: {seems_txt}.\n"
+            + report.summary(limit=5)
+            + (f"\nUse the preset '{seems}'" if seems else "\nUse the preset it was trained with")
+            + ", or load tolerantly (training: --resume copies matching tensors only)."
+        )
+    own = model.state_dict()
+    with torch.no_grad():
+        for name in report.loaded:
+            own[name].copy_(sd[name].to(own[name].dtype))
+    return report

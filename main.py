@@ -1,0 +1,264 @@
+"""Train LGM: the explicit Accelerate loop.
+
+    python main.py cpu --max_minutes 8 --export_objects 2            # 2-core CPU, synthetic data
+    accelerate launch --config_file acc_configs/gpu8.yaml main.py big --dataset folder --data_root DATA
+    python main.py big --resume_from latest                            # continue a stopped run
+
+The story of a run, top to bottom: options -> Accelerator -> model, data, optimizer, schedule ->
+(resume) -> loop (forward, backward, clip, step, EMA, logs, images, eval, checkpoints) -> final
+checkpoint, weights for inference, evaluation and exports of held-out objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+
+def main() -> int:
+    import tyro
+
+    from core.options import AllConfigs, OptionsError
+
+    try:
+        opt = tyro.cli(AllConfigs)
+    except OptionsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return train(opt)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the latest complete checkpoint is kept; continue with --resume_from latest", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:
+        from core.datasets.folder import FolderDatasetError
+        from core.weights import WeightsError
+
+        if isinstance(e, (FolderDatasetError, WeightsError, FileNotFoundError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def train(opt) -> int:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from core import training as T
+    from core.export import render_turntable, write_video
+    from core.metrics import LPIPSUnavailableError
+    from core.models import LGM
+    from core.weights import load_weights
+
+    ws = Path(opt.workspace)
+    accelerator = Accelerator(
+        mixed_precision=opt.mixed_precision if torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=opt.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_dir=str(ws),
+    )
+    main_proc = accelerator.is_main_process
+    say = accelerator.print
+    set_seed(opt.seed)
+
+    # ------------------------------------------------------------------ model
+    model = LGM(opt)
+    if opt.resume:
+        report = load_weights(model, opt.resume, strict=False)
+        say(f"[resume] weights from {opt.resume}: {report.summary()}")
+    if opt.lambda_lpips > 0:
+        try:
+            _ = model.lpips  # fail now, not at the first step
+        except LPIPSUnavailableError as e:
+            say(f"error: {e}")
+            return 2
+
+    # ------------------------------------------------------------------ data
+    train_ds, eval_ds = T.build_datasets(opt)
+    sampler = T.EpochSampler(len(train_ds), opt.seed)
+    train_loader = DataLoader(
+        train_ds, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
+        drop_last=True, collate_fn=T.collate, pin_memory=torch.cuda.is_available(),
+    )
+    eval_loader = DataLoader(eval_ds, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers, collate_fn=T.collate)
+    if len(train_loader) == 0:
+        say(f"error: {len(train_ds)} training objects is fewer than one batch of {opt.batch_size}; lower --batch_size")
+        return 2
+
+    # ------------------------------------------------------------------ optimizer and schedule
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=(0.9, 0.95))
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    steps_per_epoch = max(len(train_loader) // opt.gradient_accumulation_steps, 1)
+    total_steps = opt.max_steps if opt.max_steps is not None else opt.num_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=opt.lr, total_steps=total_steps + 1, pct_start=min(opt.warmup_steps / (total_steps + 1), 0.3)
+    )
+    accelerator.register_for_checkpointing(scheduler)
+    raw_model = accelerator.unwrap_model(model)
+    ema = T.EMA(raw_model, opt.ema_decay) if opt.ema_decay > 0 else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    # ------------------------------------------------------------------ resume the full state
+    global_step = 0
+    if opt.resume_from:
+        ckpt = T.resolve_resume_dir(ws, opt.resume_from)
+        accelerator.load_state(str(ckpt))
+        global_step = T.read_progress(ckpt)["step"]
+        say(f"[resume_from] {ckpt}: continuing at step {global_step}")
+
+    accelerator.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(opt).items()})
+    say(
+        f"[train] {sum(p.numel() for p in raw_model.parameters()) / 1e6:.1f}M parameters, {len(train_ds)} train / "
+        f"{len(eval_ds)} eval objects, {accelerator.num_processes} process(es) on {accelerator.device}, "
+        f"{steps_per_epoch} steps per epoch, {total_steps} steps, workspace {ws}"
+    )
+    lpips_eval = T.try_build_lpips(accelerator.device) if main_proc or accelerator.num_processes > 1 else None
+
+    def run_eval(step: int) -> dict:
+        model.eval()
+        with ema.applied_to(raw_model) if ema is not None else contextlib.nullcontext():
+            res = T.evaluate(raw_model, eval_loader, opt, lpips_eval, accelerator)
+        model.train()
+        if main_proc:
+            T.append_jsonl(ws / "metrics.jsonl", {"step": step, **res})
+            accelerator.log({f"eval/{k}": v for k, v in res.items() if isinstance(v, float)}, step=step)
+            lp = f"{res['lpips']:.4f}" if res["lpips"] is not None else "n/a (no VGG backbone offline)"
+            say(
+                f"[eval] step {step}: PSNR {res['psnr']:.2f} dB (blank white {res['psnr_blank']:.2f} dB), "
+                f"SSIM {res['ssim']:.4f}, LPIPS {lp} on {res['num_objects']} held-out objects"
+            )
+        return res
+
+    def save(step: int, epoch: int) -> None:
+        T.save_checkpoint(accelerator, ws, step, {"step": step, "epoch": epoch}, opt.keep_last)
+        if main_proc:
+            T.export_weights(raw_model, ema, ws)
+
+    # ------------------------------------------------------------------ the loop
+    model.train()
+    epoch, skip = divmod(global_step, steps_per_epoch)
+    skip *= opt.gradient_accumulation_steps
+    t0, last_log, nonfinite, last_saved, last_eval = time.time(), time.time(), 0, global_step, -1
+    pbar = tqdm(total=total_steps, initial=global_step, disable=not main_proc, desc="train", dynamic_ncols=True)
+    stop = global_step >= total_steps
+    while not stop:
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        skip = 0
+        for data in loader:
+            with accelerator.accumulate(model):
+                out = model(data, step_ratio=global_step / total_steps)
+                loss = out["loss"]
+                finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+                if not finite:
+                    nonfinite += 1
+                    optimizer.zero_grad()
+                    warnings.warn(f"step {global_step}: non-finite loss ({loss.item()}), step skipped")
+                    if nonfinite >= opt.max_nonfinite_steps:
+                        say(f"error: {nonfinite} non-finite losses in a row; lower --lr or check the data")
+                        return 3
+                    continue
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and opt.gradient_clip > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), opt.gradient_clip)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+
+            # -------------------------------------------------- one optimizer step done
+            nonfinite = 0
+            scheduler.step()
+            global_step += 1
+            if ema is not None:
+                ema.update(raw_model)
+            loss_v = accelerator.reduce(loss.detach(), "mean").item()
+            psnr_v = accelerator.reduce(out["psnr"].detach(), "mean").item()
+            lr = scheduler.get_last_lr()[0]
+            if main_proc:
+                scalars = {"train/loss": loss_v, "train/psnr": psnr_v, "train/lr": lr}
+                scalars.update({f"train/{k}": v.item() for k, v in out.items() if k.startswith("loss_")})
+                if grad_norm is not None:
+                    scalars["train/grad_norm"] = float(grad_norm)
+                accelerator.log(scalars, step=global_step)
+                T.append_jsonl(ws / "train_log.jsonl", {"step": global_step, **{k.split("/")[1]: v for k, v in scalars.items()}})
+                pbar.set_postfix(loss=f"{loss_v:.4f}", psnr=f"{psnr_v:.2f}", lr=f"{lr:.2e}")
+                pbar.update(1)
+                if global_step % opt.log_every == 0:
+                    rate = opt.log_every / max(time.time() - last_log, 1e-9)
+                    last_log = time.time()
+                    pbar.write(
+                        f"[step {global_step}/{total_steps}] epoch {epoch} loss {loss_v:.5f} psnr {psnr_v:.2f} "
+                        f"lr {lr:.2e} {rate:.2f} it/s mem {T.memory_gb(accelerator.device)}"
+                    )
+                if opt.image_every and global_step % opt.image_every == 0:
+                    grid = T.save_image_grid(ws / "images" / f"train_{global_step:07d}.jpg", data, out)
+                    accelerator.get_tracker("tensorboard", unwrap=True).add_image(
+                        "train/inputs_gt_pred", grid, global_step, dataformats="HWC"
+                    )
+            if opt.eval_every and global_step % opt.eval_every == 0:
+                run_eval(global_step)
+                last_eval = global_step
+            if opt.save_every and global_step % opt.save_every == 0:
+                save(global_step, epoch)
+                last_saved = global_step
+            out_of_time = opt.max_minutes is not None and (time.time() - t0) > opt.max_minutes * 60
+            out_of_time = bool(accelerator.gather(torch.tensor([out_of_time], device=accelerator.device)).any())
+            if global_step >= total_steps or out_of_time:
+                if out_of_time:
+                    say(f"[train] --max_minutes {opt.max_minutes} reached at step {global_step}")
+                stop = True
+                break
+        else:
+            epoch += 1
+    pbar.close()
+
+    # ------------------------------------------------------------------ the end
+    if last_saved != global_step:
+        save(global_step, epoch)
+    say(f"[train] {global_step} steps in {(time.time() - t0) / 60:.1f} min; weights: {ws / 'model.safetensors'}")
+    res = run_eval(global_step) if last_eval != global_step else None
+    if main_proc and opt.export_objects > 0:
+        export_objects(raw_model, ema, eval_ds, opt, ws / "export", render_turntable, write_video, T)
+    if main_proc and res is not None and res["psnr"] is not None:
+        print(
+            f"\nheld-out PSNR {res['psnr']:.2f} dB vs blank-white prediction {res['psnr_blank']:.2f} dB "
+            f"({res['psnr'] - res['psnr_blank']:+.2f} dB); metrics: {ws / 'metrics.jsonl'}"
+        )
+    accelerator.end_training()
+    return 0
+
+
+@torch.no_grad()
+def export_objects(model, ema, dataset, opt, out_dir: Path, render_turntable, write_video, T) -> None:
+    """Reconstruct held-out objects from their 4 input views: .ply, turntable .mp4, preview .jpg."""
+    from core.images import image_grid, write_image
+
+    model.eval()
+    device = next(model.parameters()).device
+    with ema.applied_to(model) if ema is not None else contextlib.nullcontext():
+        for i in range(min(opt.export_objects, len(dataset))):
+            data = T.collate([dataset[i]])
+            data = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+            name = data["uid"][0]
+            gaussians = model.forward_gaussians(data["input"])  # [1, N, 14]
+            model.gs.save_ply(gaussians, out_dir / f"{name}.ply")
+            frames = render_turntable(model.gs, gaussians, opt, num_frames=opt.video_frames)
+            write_video(out_dir / f"{name}.mp4", frames, fps=30)
+            pred = model.gs.render(gaussians, data["cam_view"], data["cam_view_proj"], data["cam_pos"])["image"]
+            write_image(out_dir / f"{name}.jpg", image_grid([T.input_rgb(data["input"][0]), data["images_output"][0], pred[0]]))
+            print(f"[export] {out_dir / name}.ply, .mp4 ({len(frames)} frames), .jpg (inputs | truth | prediction)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

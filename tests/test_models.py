@@ -1,0 +1,174 @@
+"""The LGM model: published tensor layout, weight loading, attention, Gaussian head."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from conftest import FIXTURES, micro_options, read_spec
+from core.models import LGM, activate_gaussians, state_dict_shapes
+from core.options import config_defaults
+from core.unet import MultiHeadAttention
+from core.weights import WeightsError, WeightsMismatchError, WeightsNotFoundError, load_weights, read_state_dict
+
+
+@pytest.mark.parametrize("preset", ["big", "small", "tiny"])
+def test_state_dict_equals_published_spec(preset):
+    spec = read_spec(FIXTURES / f"lgm_{preset}_state_dict.txt")
+    with torch.device("meta"):
+        model = LGM(config_defaults[preset])
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == spec
+    assert list(got) == list(spec)  # same order as the published files
+    assert state_dict_shapes(config_defaults[preset]) == spec
+    header = (FIXTURES / f"lgm_{preset}_state_dict.txt").read_text().splitlines()[0]
+    assert f"{sum(math.prod(s) for s in spec.values())} parameters" in header
+
+
+def test_safetensors_fp16_round_trip_strict(tmp_path, micro_opt):
+    torch.manual_seed(0)
+    model = LGM(micro_opt).eval()
+    path = tmp_path / "model_fp16.safetensors"
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))
+
+    fresh = LGM(micro_opt).eval()
+    report = load_weights(fresh, path, strict=True)
+    assert report.complete and len(report.loaded) == len(model.state_dict())
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value.half().float()), name
+
+    x = torch.randn(1, 4, 9, micro_opt.input_size, micro_opt.input_size)
+    with torch.no_grad():
+        a, b = model.forward_gaussians(x), fresh.forward_gaussians(x)
+    assert (a - b).abs().max() < 2e-2  # fp16 rounding of the weights only
+
+
+def test_pt_files_load_with_weights_only(tmp_path, micro_opt):
+    model = LGM(micro_opt)
+    path = tmp_path / "model.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    fresh = LGM(micro_opt)
+    load_weights(fresh, path)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": _NotATensor()}, bad)  # pickled code must be refused
+    with pytest.raises(WeightsError, match="Could not read weights"):
+        read_state_dict(bad)
+
+
+class _NotATensor:
+    pass
+
+
+def test_tolerant_loading_copies_matching_shapes(tmp_path):
+    small = LGM(micro_options())
+    wide = LGM(micro_options(down_channels=(32, 128), up_channels=(128,)))
+    path = tmp_path / "small.safetensors"
+    save_file(small.state_dict(), str(path))
+    report = load_weights(wide, path, strict=False)
+    assert report.mismatched and report.loaded
+    assert torch.equal(wide.unet.conv_in.weight, small.unet.conv_in.weight)  # 32 channels in both
+    mismatched = {name for name, _, _ in report.mismatched}
+    assert "unet.down_blocks.1.nets.0.conv1.weight" in mismatched
+    assert "shape mismatch" in report.summary()
+
+
+def test_wrong_preset_names_the_preset_it_seems_to_be(tmp_path):
+    shapes = state_dict_shapes(config_defaults["tiny"])
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: torch.zeros(s, dtype=torch.float16) for k, s in shapes.items()}, str(path))
+    with pytest.raises(WeightsMismatchError) as err:
+        load_weights(LGM(micro_options()), path, strict=True, preset="micro")
+    msg = str(err.value)
+    assert "looks like preset 'tiny'" in msg
+    assert "shape mismatch" in msg and "unet.conv_out.weight: (14, 128, 3, 3) vs (14, 64, 3, 3)" in msg
+    assert len(msg.splitlines()) < 30  # fits one screen
+
+
+def test_missing_file_names_path_and_download():
+    with pytest.raises(WeightsNotFoundError) as err:
+        read_state_dict("pretrained/model_fp16_fixrot.safetensors")
+    msg = str(err.value)
+    assert "model_fp16_fixrot.safetensors" in msg and "scripts/download_weights.py" in msg
+
+
+def test_sdpa_attention_equals_explicit_softmax():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(64, num_heads=8)
+    x = torch.randn(2, 50, 64)
+    B, N, C = x.shape
+    q, k, v = attn.qkv(x).view(B, N, 3, 8, 8).permute(2, 0, 3, 1, 4)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)
+    expected = attn.proj((weights @ v).transpose(1, 2).reshape(B, N, C))
+    assert (attn(x) - expected).abs().max() < 1e-5
+
+
+def test_attention_mixes_views_but_not_objects(micro_opt):
+    """Cross-view attention: changing view 2 of object 0 changes view 0 of object 0, not object 1."""
+    torch.manual_seed(0)
+    model = LGM(micro_opt).eval()
+    x = torch.randn(2, 4, 9, micro_opt.input_size, micro_opt.input_size)
+    y = x.clone()
+    y[0, 2] += 1.0
+    with torch.no_grad():
+        gx, gy = model.forward_gaussians(x), model.forward_gaussians(y)
+    n = micro_opt.splat_size**2
+    assert (gx[0, :n] - gy[0, :n]).abs().max() > 1e-4  # view 0 of object 0 saw view 2
+    assert torch.equal(gx[1], gy[1])
+
+
+def test_output_shape_and_activation_ranges(micro_opt):
+    model = LGM(micro_opt)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20)  # push pre-activations far out so the clamps and squashes are exercised
+    x = torch.randn(2, 4, 9, micro_opt.input_size, micro_opt.input_size)
+    with torch.no_grad():
+        g = model.forward_gaussians(x)
+    assert g.shape == (2, 4 * micro_opt.splat_size**2, 14)
+    assert torch.isfinite(g).all()
+    assert g[..., 0:3].abs().max() <= 1
+    assert (g[..., 3] >= 0).all() and (g[..., 3] <= 1).all()
+    assert (g[..., 4:7] >= 0).all()
+    assert torch.allclose(g[..., 7:11].norm(dim=-1), torch.ones(g.shape[:2]), atol=1e-5)
+    assert (g[..., 11:] >= 0).all() and (g[..., 11:] <= 1).all()
+
+
+def test_activations_hand_computed():
+    raw = torch.tensor([2.0, -0.5, 0.3, 0.0, 0.0, 1.0, -1.0, 3.0, 0.0, 4.0, 0.0, 0.0, 100.0, -100.0])
+    g = activate_gaussians(raw)
+    expected = torch.tensor(
+        [1.0, -0.5, 0.3, 0.5, 0.1 * math.log(2), 0.1 * math.log1p(math.e), 0.1 * math.log1p(math.exp(-1)),
+         0.6, 0.0, 0.8, 0.0, 0.5, 1.0, 0.0]
+    )
+    assert torch.allclose(g, expected, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(micro_opt):
+    torch.manual_seed(0)
+    plain = LGM(micro_opt).train()
+    ckpt = LGM(micro_options(grad_checkpoint=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 4, 9, micro_opt.input_size, micro_opt.input_size)
+    for m in (plain, ckpt):
+        m.forward_gaussians(x).square().mean().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-5), name
+
+
+def test_default_rays(micro_opt):
+    model = LGM(micro_opt)
+    rays = model.prepare_default_rays("cpu")
+    assert rays.shape == (4, 6, micro_opt.input_size, micro_opt.input_size)
+    # directions are unit vectors; the moment o x d is orthogonal to d
+    assert torch.allclose(rays[:, 3:].norm(dim=1), torch.ones(4, micro_opt.input_size, micro_opt.input_size), atol=1e-5)
+    assert (rays[:, :3] * rays[:, 3:]).sum(1).abs().max() < 1e-5
+
+
+def test_state_dict_has_no_lpips(micro_opt):
+    model = LGM(micro_options(lambda_lpips=1.0), lpips_pretrained=False)
+    _ = model.lpips
+    assert all(k.startswith(("unet.", "conv.")) for k in model.state_dict())
