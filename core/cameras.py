@@ -144,8 +144,8 @@ def get_rays(c2w: Tensor, h: int, w: int, fovy: float) -> tuple[Tensor, Tensor]:
     dirs = torch.stack(
         [(xs + 0.5 - w * 0.5) / focal, -(ys + 0.5 - h * 0.5) / focal, -torch.ones_like(xs)], dim=-1
     )  # [h, w, 3] in OpenGL camera axes
-    rot = c2w[..., None, None, :3, :3].float()  # [..., 1, 1, 3, 3]
-    rays_d = F.normalize((rot @ dirs[..., None])[..., 0], dim=-1)  # [..., h, w, 3]
+    rot_t = c2w[..., None, :3, :3].float().transpose(-1, -2)  # [..., 1, 3, 3]
+    rays_d = F.normalize(dirs @ rot_t, dim=-1)  # [..., h, w, 3], row vectors: d_world = R d_cam
     rays_o = c2w[..., None, None, :3, 3].float().expand_as(rays_d)
     return rays_o, rays_d
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.weights import PRETRAINED_DIR, WeightsNotFoundError
+from core.weights import PRETRAINED_DIR, WeightsNotFoundError, offline
 
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
@@ -83,6 +83,8 @@ def build_lpips(pretrained_backbone: bool = True) -> torch.nn.Module:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
             try:
+                if offline():
+                    raise ConnectionError("offline mode (LGM_OFFLINE / HF_HUB_OFFLINE)")
                 state = torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=True)
             except Exception as e:
                 raise LPIPSUnavailableError(

@@ -179,16 +179,16 @@ config_defaults["tiny"] = Options(
     batch_size=16,
 )
 
-config_doc["cpu"] = "Small model for 2-core CPUs: 128 px in, 32x32 Gaussians per view; trains in minutes."
+config_doc["cpu"] = "Small model for 2-core CPUs: 64 px in, 32x32 Gaussians per view; trains in minutes."
 config_defaults["cpu"] = Options(
-    input_size=128,
-    down_channels=(32, 64, 128, 256),
-    down_attention=(False, False, False, True),
-    up_channels=(256, 128),
+    input_size=64,
+    down_channels=(32, 64, 128),
+    down_attention=(False, False, True),
+    up_channels=(128, 64),
     up_attention=(True, False),
     attention_heads=8,
     splat_size=32,
-    output_size=128,
+    output_size=64,
     num_views=8,
     batch_size=4,
     lr=2e-3,

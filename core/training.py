@@ -157,46 +157,68 @@ def try_build_lpips(device) -> Optional[nn.Module]:
         return None
 
 
-@torch.no_grad()
-def evaluate(model, loader, opt: Options, lpips_net: Optional[nn.Module], accelerator=None) -> dict:
-    """Reconstruct held-out objects from their input views; score the other views.
+METRIC_KEYS = ("psnr", "ssim", "lpips", "psnr_blank")
 
-    Returns the means over objects of psnr, ssim, lpips (None when unavailable) and psnr_blank
-    (a blank white prediction, the baseline to beat), plus per-object rows. Reduced across
-    processes when an ``accelerator`` is given.
+
+@torch.no_grad()
+def score_batch(model, data: dict, opt: Options, lpips_net: Optional[nn.Module]) -> tuple[Tensor, Tensor]:
+    """Reconstruct each object from its input views and score its other views.
+
+    Returns metrics [B, 4] (psnr, ssim, lpips or NaN, psnr of a blank white prediction; each the
+    mean over the object's novel views) and the rendered novel views [B, V-4, 3, H, W].
     """
     n_in = opt.num_input_views
-    rows = []
-    for data in loader:
-        gaussians = model.forward_gaussians(data["input"])  # [B, N, 14]
-        out = model.gs.render(gaussians.float(), data["cam_view"], data["cam_view_proj"], data["cam_pos"])
-        pred = out["image"][:, n_in:].float()  # [B, V-4, 3, H, W] novel views only
-        gt = data["images_output"][:, n_in:].float()
-        metrics = torch.stack(
-            [
-                psnr(pred, gt, per_image=True).mean(1),
-                ssim(pred, gt, per_image=True).mean(1),
-                lpips_distance(lpips_net, pred.flatten(0, 1), gt.flatten(0, 1)).view(pred.shape[:2]).mean(1)
-                if lpips_net is not None
-                else torch.full(pred.shape[:1], float("nan"), device=pred.device),
-                psnr(torch.ones_like(gt), gt, per_image=True).mean(1),
-            ],
-            dim=1,
-        )  # [B, 4]
-        if accelerator is not None:
-            metrics = accelerator.gather_for_metrics(metrics)
-        uids = data.get("uid", [""] * len(metrics))
-        rows += [dict(zip(("psnr", "ssim", "lpips", "psnr_blank"), m.tolist())) for m in metrics]
-        if accelerator is None or accelerator.num_processes == 1:
-            for row, uid in zip(rows[-len(metrics):], uids):
-                row["uid"] = uid
+    gaussians = model.forward_gaussians(data["input"])  # [B, N, 14]
+    out = model.gs.render(gaussians.float(), data["cam_view"], data["cam_view_proj"], data["cam_pos"])
+    pred = out["image"][:, n_in:].float()  # [B, V-4, 3, H, W]
+    gt = data["images_output"][:, n_in:].float()
+    if lpips_net is not None:
+        lp = lpips_distance(lpips_net, pred.flatten(0, 1), gt.flatten(0, 1)).view(pred.shape[:2]).mean(1)
+    else:
+        lp = torch.full(pred.shape[:1], float("nan"), device=pred.device)
+    metrics = torch.stack(
+        [
+            psnr(pred, gt, per_image=True).mean(1),
+            ssim(pred, gt, per_image=True).mean(1),
+            lp,
+            psnr(torch.ones_like(gt), gt, per_image=True).mean(1),
+        ],
+        dim=1,
+    )
+    return metrics, pred
+
+
+def metric_row(m: Tensor) -> dict:
+    """[4] metrics -> {name: float or None (NaN, e.g. LPIPS without its backbone)}"""
+    return {k: (None if math.isnan(v) else v) for k, v in zip(METRIC_KEYS, m.tolist())}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means over objects (None for a metric no object has) plus the rows themselves."""
     summary = {}
-    for key in ("psnr", "ssim", "lpips", "psnr_blank"):
-        vals = [r[key] for r in rows if not math.isnan(r[key])]
+    for key in METRIC_KEYS:
+        vals = [r[key] for r in rows if r[key] is not None]
         summary[key] = sum(vals) / len(vals) if vals else None
     summary["num_objects"] = len(rows)
     summary["objects"] = rows
     return summary
+
+
+@torch.no_grad()
+def evaluate(model, loader, opt: Options, lpips_net: Optional[nn.Module], accelerator=None) -> dict:
+    """Scores of held-out objects (see :func:`score_batch`), averaged over objects and, with an
+    ``accelerator``, gathered from every process."""
+    rows = []
+    for data in loader:
+        metrics, _ = score_batch(model, data, opt, lpips_net)  # [B, 4]
+        if accelerator is not None:
+            metrics = accelerator.gather_for_metrics(metrics)
+        new = [metric_row(m) for m in metrics]
+        if accelerator is None or accelerator.num_processes == 1:
+            for row, uid in zip(new, data.get("uid", [])):
+                row["uid"] = uid
+        rows += new
+    return summarize(rows)
 
 
 # ---------------------------------------------------------------------------- images and logs

@@ -26,6 +26,13 @@ DOWNLOAD_HINTS = {
 }
 
 
+def offline() -> bool:
+    """True when downloads must not be tried (LGM_OFFLINE=1 or HF_HUB_OFFLINE=1; tests set it)."""
+    import os
+
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("LGM_OFFLINE", "HF_HUB_OFFLINE"))
+
+
 class WeightsError(RuntimeError):
     """A weight file that cannot be used; the message says what to do."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(ROOT))
+# Tests never download: code that would fetch weights stops with its offline message instead.
+os.environ["LGM_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 from core.options import Options  # noqa: E402
 

@@ -139,15 +139,22 @@ def list_uids(root: Path, data_list: Optional[str]) -> list[str]:
 
 
 class FolderDataset(Dataset):
-    """Posed renders on disk. split 'train' | 'eval' (the last ``num_eval_objects`` uids)."""
+    """Posed renders on disk.
 
-    def __init__(self, opt: Options, split: str = "train"):
+    split: 'train', 'eval' (the last ``num_eval_objects`` uids) or 'all'. all_views: supervise
+    with every non-input view of an object, in file order, instead of ``num_views - 4`` of them
+    (for scripts/eval.py; objects then differ in view count, so use batch size 1).
+    """
+
+    def __init__(self, opt: Options, split: str = "train", all_views: bool = False):
         if not opt.data_root:
             raise FolderDatasetError("--dataset folder needs --data_root DIR (see README: 'Train on your own meshes')")
         root = Path(opt.data_root).expanduser()
         if not root.is_dir():
             raise FolderDatasetError(f"data_root is not a folder: {root}")
-        self.opt, self.split, self.root, self.epoch = opt, split, root, 0
+        if split not in ("train", "eval", "all"):
+            raise ValueError(f"split must be train, eval or all, not {split!r}")
+        self.opt, self.split, self.root, self.epoch, self.all_views = opt, split, root, 0, all_views
         n_in = opt.num_input_views
         if opt.input_view_ids is not None and len(opt.input_view_ids) != n_in:
             raise FolderDatasetError(f"input_view_ids needs {n_in} indices, got {opt.input_view_ids}")
@@ -161,7 +168,9 @@ class FolderDataset(Dataset):
                 f"<uid>/pose/NNN.txt, or <uid>/transforms.json, and at least {min_views} views per object."
             )
         n_eval = min(opt.num_eval_objects, len(records) - 1) if len(records) > 1 else 0
-        if split == "eval":
+        if split == "all":
+            self.records = records
+        elif split == "eval":
             self.records = records[len(records) - n_eval:] if n_eval else records[-1:]
         else:
             self.records = records[: len(records) - n_eval] if n_eval else records
@@ -185,6 +194,8 @@ class FolderDataset(Dataset):
         rest = [i for i in range(n) if i not in inputs]
         if self.split == "train":
             rest = [rest[i] for i in torch.randperm(len(rest), generator=self._generator(index, 1)).tolist()]
+        if self.all_views:
+            return inputs + rest
         need = self.opt.num_views - n_in
         others = (rest * (need // max(len(rest), 1) + 1))[:need]  # repeat views when an object has few
         return inputs + others
@@ -203,14 +214,18 @@ class FolderDataset(Dataset):
         images, poses = [], []
         for k, vid in enumerate(ids):
             img = self._read(rec.views[vid])
-            while img is None and k >= self.opt.num_input_views and spare:
+            while img is None and k >= self.opt.num_input_views and spare:  # replace a bad supervision view
                 vid = spare.pop()
                 img = self._read(rec.views[vid])
-            if img is None:
-                warnings.warn(f"object {rec.uid}: unreadable view {rec.views[vid].image}; using another object")
+            if img is None and k >= self.opt.num_input_views:  # none left: repeat a good view
+                img, pose = images[-1], poses[-1]
+            elif img is None:
+                warnings.warn(f"object {rec.uid}: unreadable input view {rec.views[vid].image}; using another object")
                 return None
+            else:
+                pose = rec.views[vid].c2w
             images.append(img)
-            poses.append(rec.views[vid].c2w)
+            poses.append(pose)
         size = max(self.opt.input_size, self.opt.output_size)
         rgba = torch.stack([_to_rgba(im, size) for im in images])  # [V, 4, S, S]
         c2w = torch.stack(poses)  # [V, 4, 4]

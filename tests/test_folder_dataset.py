@@ -1,0 +1,115 @@
+"""The folder-of-renders dataset on a small fixture written here."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import micro_options
+from core.datasets.folder import FolderDataset, FolderDatasetError
+
+R = 1.5
+
+
+def blender_pose(azimuth_deg: float) -> np.ndarray:
+    """Camera on the horizontal circle of radius R in Blender's z-up world, looking at the origin,
+    OpenCV camera axes (x right, y down, z forward). Azimuth 0 sits at -y (our +z)."""
+    a = math.radians(azimuth_deg)
+    pos = np.array([R * math.sin(a), -R * math.cos(a), 0.0])
+    fwd = -pos / R
+    down = np.array([0.0, 0.0, -1.0])
+    right = np.cross(down, fwd)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, fwd, pos
+    return c2w
+
+
+def write_object(root, uid, n_views=6, size=32):
+    for i in range(n_views):
+        (root / uid / "rgb").mkdir(parents=True, exist_ok=True)
+        (root / uid / "pose").mkdir(parents=True, exist_ok=True)
+        yy, xx = np.mgrid[:size, :size]
+        disc = ((xx - size / 2 + 0.5) ** 2 + (yy - size / 2 + 0.5) ** 2) < (size / 4) ** 2
+        rgba = np.zeros((size, size, 4), np.uint8)
+        rgba[disc] = (200, 40 * i, 30, 255)
+        Image.fromarray(rgba).save(root / uid / "rgb" / f"{i:03d}.png")
+        np.savetxt(root / uid / "pose" / f"{i:03d}.txt", blender_pose(90.0 * i).reshape(1, 16))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for uid in ("obj_a", "obj_b", "obj_c"):
+        write_object(tmp_path, uid)
+    (tmp_path / "uids.txt").write_text("obj_a\nobj_b\nobj_c\n")
+    return tmp_path
+
+
+def test_reads_items_with_hand_computed_cameras(folder):
+    opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=1)
+    train, evals = FolderDataset(opt, "train"), FolderDataset(opt, "eval")
+    assert [r.uid for r in train.records] == ["obj_a", "obj_b"] and [r.uid for r in evals.records] == ["obj_c"]
+    item = evals[0]
+    assert item["input"].shape == (4, 9, 32, 32)
+    assert item["images_output"].shape == (6, 3, 32, 32) and item["masks_output"].shape == (6, 1, 32, 32)
+    # view 0 (Blender azimuth 0, at -y) becomes our canonical camera at (0, 0, R)
+    assert torch.allclose(item["cam_pos"][0], torch.tensor([0.0, 0.0, R]), atol=1e-5)
+    # view 1 (Blender azimuth 90, at +x) stays at our +x
+    assert torch.allclose(item["cam_pos"][1], torch.tensor([R, 0.0, 0.0]), atol=1e-5)
+    # world point p seen by view 1: OpenCV camera axes right = -z, down = -y, forward = -x
+    p = torch.tensor([0.2, 0.3, -0.1])
+    t = torch.cat([p, torch.ones(1)]) @ item["cam_view"][1]
+    expected = torch.tensor([0.1, -0.3, R - 0.2])
+    assert torch.allclose(t[:3], expected, atol=1e-5)
+    # projection: focal = S / (2 tan(fovy/2)), pixel = centre + focal * x / z
+    clip = torch.cat([p, torch.ones(1)]) @ item["cam_view_proj"][1]
+    pix = ((clip[:2] / clip[3] + 1) * 32 - 1) / 2
+    f = 32 / (2 * math.tan(math.radians(opt.fovy) / 2))
+    assert torch.allclose(pix, torch.tensor([15.5 + f * 0.1 / 1.3, 15.5 - f * 0.3 / 1.3]), atol=1e-3)
+    # the disc is opaque, the rest white
+    assert item["masks_output"][0, 0, 16, 16] > 0.99 and item["masks_output"][0, 0, 0, 0] < 0.01
+    assert torch.allclose(item["images_output"][0, :, 0, 0], torch.ones(3))
+
+
+def test_corrupt_view_is_skipped_and_counted(folder):
+    (folder / "obj_a" / "rgb" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=0)
+    ds = FolderDataset(opt, "train")
+    item = ds[0]
+    assert item["uid"] == "obj_a" and torch.isfinite(item["images_output"]).all()
+    assert ds.counts["bad_views"] >= 1
+
+
+def test_missing_pose_and_too_few_views(folder):
+    (folder / "obj_b" / "pose" / "000.txt").unlink()
+    for i in range(1, 6):
+        (folder / "obj_c" / "rgb" / f"{i:03d}.png").unlink()
+    opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=0)
+    with pytest.warns(UserWarning, match="obj_c"):
+        ds = FolderDataset(opt, "train")
+    assert [r.uid for r in ds.records] == ["obj_a", "obj_b"]
+    assert len(ds.records[1].views) == 5 and ds.counts["bad_views"] >= 6
+
+
+def test_empty_root_is_a_clear_error(tmp_path):
+    with pytest.raises(FolderDatasetError, match="no usable object"):
+        FolderDataset(micro_options(data_root=str(tmp_path)), "train")
+    with pytest.raises(FolderDatasetError, match="not a folder"):
+        FolderDataset(micro_options(data_root=str(tmp_path / "nope")), "train")
+
+
+def test_transforms_json(tmp_path):
+    write_object(tmp_path, "nerf", n_views=5)
+    obj = tmp_path / "nerf"
+    frames = []
+    for i in range(5):
+        c2w = blender_pose(90.0 * i)
+        c2w[:3, 1:3] *= -1  # NeRF-synthetic stores OpenGL camera axes
+        frames.append({"file_path": f"./rgb/{i:03d}", "transform_matrix": c2w.tolist()})
+    fovx = math.radians(49.1)
+    (obj / "transforms.json").write_text(json.dumps({"camera_angle_x": fovx, "frames": frames}))
+    opt = micro_options(data_root=str(tmp_path), num_views=5, num_eval_objects=0)
+    item = FolderDataset(opt, "train")[0]
+    assert torch.allclose(item["cam_pos"][1], torch.tensor([R, 0.0, 0.0]), atol=1e-5)
