@@ -59,6 +59,7 @@ def train(opt) -> int:
 
     ws = Path(opt.workspace)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # several CPU processes then talk over gloo
         mixed_precision=opt.mixed_precision if torch.cuda.is_available() else "no",
         gradient_accumulation_steps=opt.gradient_accumulation_steps,
         log_with="tensorboard",
@@ -110,7 +111,15 @@ def train(opt) -> int:
     global_step = 0
     if opt.resume_from:
         ckpt = T.resolve_resume_dir(ws, opt.resume_from)
-        accelerator.load_state(str(ckpt))
+        try:
+            accelerator.load_state(str(ckpt))
+        except RuntimeError as e:
+            if "custom checkpoints" not in str(e):
+                raise
+            raise FileNotFoundError(
+                f"--resume_from {ckpt}: it was saved with EMA {'off' if ema is not None else 'on'}; "
+                f"resume with the same --ema_decay setting (or use --resume for weights only)"
+            ) from None
         global_step = T.read_progress(ckpt)["step"]
         say(f"[resume_from] {ckpt}: continuing at step {global_step}")
 
@@ -150,9 +159,8 @@ def train(opt) -> int:
     pbar = tqdm(total=total_steps, initial=global_step, disable=not main_proc, desc="train", dynamic_ncols=True)
     stop = global_step >= total_steps
     while not stop:
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        loader.set_epoch(epoch)  # reaches the sampler's order and the dataset's augmentations
         skip = 0
         for data in loader:
             with accelerator.accumulate(model):
@@ -227,6 +235,11 @@ def train(opt) -> int:
     if last_saved != global_step:
         save(global_step, epoch)
     say(f"[train] {global_step} steps in {(time.time() - t0) / 60:.1f} min; weights: {ws / 'model.safetensors'}")
+    if accelerator.num_processes > 1:  # data-parallel replicas must agree bit for bit
+        flat = torch.cat([p.detach().double().flatten() for p in raw_model.parameters()])
+        sums = accelerator.gather(torch.stack([flat.sum(), flat.square().sum()]).float().reshape(1, 2).to(accelerator.device))
+        same = bool((sums == sums[0]).all())
+        say(f"[train] {'identical' if same else 'DIFFERENT'} weights on {accelerator.num_processes} processes")
     res = run_eval(global_step) if last_eval != global_step else None
     if main_proc and opt.export_objects > 0:
         export_objects(raw_model, ema, eval_ds, opt, ws / "export", render_turntable, write_video, T)

@@ -86,6 +86,29 @@ def resolve_weights(path) -> Path:
     )
 
 
+LGM_HUB_REPO = "ashawkey/LGM"
+LGM_HUB_FILES = ("model_fp16_fixrot.safetensors", "model_fp16.safetensors", "model.safetensors")
+
+
+def fetch_published_weights(path) -> Path:
+    """The LGM checkpoint: the given path, pretrained/<name>, or (a published file name, online)
+    the Hugging Face cache, downloading it there. Raises core.weights.WeightsNotFoundError."""
+    try:
+        return resolve_weights(path)
+    except WeightsNotFoundError as missing:
+        name = Path(path).name
+        if name not in LGM_HUB_FILES:
+            raise
+        from huggingface_hub import hf_hub_download
+
+        try:
+            print(f"[weights] {path} not found: fetching {name} from the Hugging Face hub ({LGM_HUB_REPO})")
+            return Path(hf_hub_download(LGM_HUB_REPO, name, local_files_only=offline()))
+        except Exception as e:
+            why = "offline mode is set and it is not in the Hugging Face cache" if offline() else f"download failed ({type(e).__name__})"
+            raise WeightsNotFoundError(f"{missing}\n(Tried the hub repo {LGM_HUB_REPO}: {why}.)") from None
+
+
 def read_state_dict(path) -> dict[str, Tensor]:
     """All tensors of a weight file on the CPU, in the dtype they were saved in."""
     p = resolve_weights(path)

@@ -1,0 +1,247 @@
+"""infer.py end to end with tiny models (CPU, offline), plus image preparation.
+
+A tiny random ImageDream/MVDream folder and a tiny LGM checkpoint (the ``micro`` options of
+conftest, registered as a preset for these tests) stand in for the published weights.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, micro_options
+from core.images import read_image, write_image
+from core.preprocess import BackgroundRemover, has_alpha_mask, prepare_image, recenter
+from core.weights import WeightsNotFoundError
+
+import infer
+
+PRESET = "micro"
+
+
+def rgba_object(h: int = 96, w: int = 128) -> np.ndarray:
+    """A red ellipse with a blue stripe on a transparent background, off-centre. [h, w, 4]"""
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - 30) / 20.0) ** 2 + ((xx - 40) / 30.0) ** 2 <= 1.0
+    img = np.zeros((h, w, 4), np.float32)
+    img[..., 0] = 0.9
+    img[..., 2] = np.where(np.abs(yy - 30) < 4, 0.8, 0.1)
+    img[..., 3] = inside
+    return img
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Tiny ImageDream and MVDream folders, a tiny LGM checkpoint, an RGBA image; the preset registered."""
+    from safetensors.torch import save_file
+
+    from core.models import LGM
+    from core.mvdiffusion.tiny import save_tiny_pipeline
+    from core.options import config_defaults
+
+    root = tmp_path_factory.mktemp("infer_assets")
+    opt = micro_options()
+    torch.manual_seed(0)
+    model = LGM(opt)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "lgm_micro.safetensors"))
+    write_image(root / "object.png", rgba_object())
+    mp = pytest.MonkeyPatch()
+    mp.setitem(config_defaults, PRESET, opt)
+    yield dict(
+        root=root,
+        opt=opt,
+        ckpt=root / "lgm_micro.safetensors",
+        imagedream=save_tiny_pipeline(root / "imagedream", imagedream=True),
+        mvdream=save_tiny_pipeline(root / "mvdream", imagedream=False),
+        image=root / "object.png",
+    )
+    mp.undo()
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no_rembg_models"))  # rembg finds no model of the user's
+
+
+def run_main(*argv) -> int:
+    return infer.main([str(a) for a in argv])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_image_to_ply_video_and_views(assets, tmp_path, offline, capsys):
+    import imageio.v3 as iio
+    from plyfile import PlyData
+
+    ws = tmp_path / "ws"
+    t0, c0 = time.perf_counter(), time.process_time()
+    code = run_main(
+        assets["image"], "--preset", PRESET, "--resume", assets["ckpt"], "--mv-model", assets["imagedream"],
+        "--workspace", ws, "--steps", 2, "--video-frames", 12, "--fps", 10, "--splat",
+    )
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert code == 0, capsys.readouterr().err
+    with capsys.disabled():
+        print(f"\n[tiny end-to-end image -> .ply/.mp4/_mv.png: {wall:.1f} s wall, {cpu:.1f} s CPU]")
+
+    n = 4 * assets["opt"].splat_size ** 2
+    ply = PlyData.read(str(ws / "object.ply"))
+    assert ply["vertex"].count == n
+    assert (ws / "object.splat").stat().st_size == 32 * n  # 32 bytes per Gaussian
+    frames = iio.imread(ws / "object.mp4")
+    assert frames.shape[0] == 12 and frames.shape[-1] == 3
+    mv = read_image(ws / "object_mv.png")
+    assert mv.shape == (256, 4 * 256, 3)
+
+
+def test_prompt_to_3d_with_mvdream(assets, tmp_path, offline):
+    ws = tmp_path / "ws"
+    code = run_main(
+        "--prompt", "A wooden chair!", "--preset", PRESET, "--resume", assets["ckpt"], "--mv-model", assets["mvdream"],
+        "--workspace", ws, "--steps", 2, "--video-frames", 0,
+    )
+    assert code == 0
+    assert (ws / "a_wooden_chair.ply").is_file() and (ws / "a_wooden_chair_mv.png").is_file()
+    assert not (ws / "a_wooden_chair.mp4").exists()
+
+
+def test_views_skip_diffusion(assets, tmp_path, offline):
+    """--views needs no diffusion model (the named one does not exist) and keeps the given views."""
+    views = np.concatenate([np.full((64, 64, 3), v, np.float32) for v in (0.1, 0.4, 0.7, 1.0)], axis=1)
+    write_image(tmp_path / "four.png", views)
+    ws = tmp_path / "ws"
+    code = run_main(
+        "--views", tmp_path / "four.png", "--preset", PRESET, "--resume", assets["ckpt"],
+        "--mv-model", tmp_path / "does_not_exist", "--workspace", ws, "--video-frames", 2,
+    )
+    assert code == 0
+    assert (ws / "four.ply").is_file() and (ws / "four.mp4").is_file()
+    np.testing.assert_allclose(read_image(ws / "four_mv.png"), views, atol=1 / 255)
+
+
+def test_missing_checkpoint_offline_exits_2_without_traceback(tmp_path):
+    missing = tmp_path / "nowhere" / "model_fp16_fixrot.safetensors"
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), "--views", str(tmp_path), "--resume", str(missing)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "model_fp16_fixrot.safetensors" in proc.stderr
+    assert "python scripts/download_weights.py --only lgm" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.splitlines()) < 25  # one screen
+
+
+def test_missing_imagedream_offline_exits_2(assets, tmp_path, offline, capsys):
+    code = run_main(
+        assets["image"], "--preset", PRESET, "--resume", assets["ckpt"],
+        "--mv-model", tmp_path / "pretrained" / "imagedream-ipmv-diffusers", "--workspace", tmp_path / "ws",
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "imagedream-ipmv-diffusers" in err and "download_weights.py --only imagedream" in err
+
+
+def test_missing_rembg_model_offline_exits_2(assets, tmp_path, offline, capsys, monkeypatch):
+    import core.preprocess
+
+    monkeypatch.setattr(core.preprocess, "PRETRAINED_DIR", tmp_path / "pretrained")
+    write_image(tmp_path / "photo.jpg", np.full((32, 32, 3), 0.5, np.float32))  # no alpha: needs rembg
+    code = run_main(
+        tmp_path / "photo.jpg", "--preset", PRESET, "--resume", assets["ckpt"], "--mv-model", assets["imagedream"],
+        "--workspace", tmp_path / "ws",
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "u2net.onnx" in err and "download_weights.py --only rembg" in err
+
+
+def test_no_input_is_a_usage_error(capsys):
+    assert run_main("--resume", "x.safetensors") == 2
+    assert "nothing to do" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- inputs and preparation
+
+
+def test_collect_jobs_expands_folders_and_keeps_names_unique(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write_image(tmp_path / sub / "cat.png", np.zeros((4, 4, 3)))
+    write_image(tmp_path / "a" / "dog.jpg", np.zeros((4, 4, 3)))
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    jobs = infer.collect_jobs(infer.InferArgs(paths=(str(tmp_path / "a"), str(tmp_path / "b"))))
+    assert [j.name for j in jobs] == ["cat", "dog", "cat_1"]
+    assert all(j.kind == "image" for j in jobs)
+
+
+def test_read_views_side_by_side_and_folder(tmp_path):
+    views = np.random.default_rng(0).random((4, 16, 16, 3)).astype(np.float32)
+    write_image(tmp_path / "row.png", np.concatenate(list(views), axis=1))
+    (tmp_path / "four").mkdir()
+    for i, v in enumerate(views):
+        rgba = np.concatenate([v, np.full_like(v[..., :1], 0.5)], axis=-1)  # half transparent
+        write_image(tmp_path / "four" / f"{i:03d}.png", rgba)
+    np.testing.assert_allclose(infer.read_views(tmp_path / "row.png"), views, atol=1 / 255)
+    np.testing.assert_allclose(infer.read_views(tmp_path / "four"), views * 0.5 + 0.5, atol=2 / 255)
+    write_image(tmp_path / "bad.png", np.zeros((16, 40, 3)))
+    with pytest.raises(infer.InferError, match="side by side"):
+        infer.read_views(tmp_path / "bad.png")
+
+
+def test_recenter_hand_values():
+    """A 10 (high) x 20 (wide) box in a 100 x 50 image -> 80 x 40 px centred on a 100 px canvas."""
+    rgb = np.ones((100, 50, 3), np.float32)
+    alpha = np.zeros((100, 50), np.float32)
+    alpha[5:15, 25:45] = 1.0
+    rgb[5:15, 25:45] = (0.0, 1.0, 0.0)
+    out, a = recenter(rgb, alpha, border_ratio=0.2, size=100)
+    ys, xs = np.nonzero(a > 0.5)
+    assert (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) == (30, 70, 10, 90)
+    np.testing.assert_allclose(out[50, 50], (0.0, 1.0, 0.0), atol=1e-6)
+    np.testing.assert_allclose(out[5, 5], (1.0, 1.0, 1.0))  # white background
+    with pytest.raises(ValueError, match="no foreground"):
+        recenter(rgb, np.zeros_like(alpha))
+
+
+def test_prepare_image_uses_alpha_without_background_removal():
+    class Refuse:
+        def __call__(self, image):
+            raise AssertionError("background removal must not run for an image with alpha")
+
+    img = rgba_object()
+    assert has_alpha_mask(img) and not has_alpha_mask(img[..., :3]) and not has_alpha_mask(np.ones((4, 4, 4)))
+    out = prepare_image(img, remover=Refuse(), border_ratio=0.2, size=256)
+    assert out.shape == (256, 256, 3) and out.dtype == np.float32
+    non_white = np.nonzero((out < 0.99).any(-1))
+    width = non_white[1].max() + 1 - non_white[1].min()
+    assert abs(width - 0.8 * 256) <= 2  # the wider side fills 1 - border_ratio
+    np.testing.assert_allclose(out[0, 0], 1.0)
+
+
+def test_background_remover_offline_without_model_names_the_command(tmp_path, offline):
+    remover = BackgroundRemover("u2net", pretrained_dir=tmp_path)
+    assert remover.local_model_file() is None
+    with pytest.raises(WeightsNotFoundError, match="--only rembg"):
+        remover.session()
+    with pytest.raises(ValueError, match="unknown rembg model"):
+        BackgroundRemover("no-such-model", pretrained_dir=tmp_path).session()
+
+
+def test_background_remover_prefers_the_file_in_pretrained(tmp_path, offline):
+    """A model file in pretrained/ is the one loaded (here a broken one: a clear error, no download)."""
+    from core.weights import WeightsError
+
+    (tmp_path / "u2net.onnx").write_bytes(b"not an onnx model")
+    remover = BackgroundRemover("u2net", pretrained_dir=tmp_path)
+    assert remover.local_model_file() == tmp_path / "u2net.onnx"
+    with pytest.raises(WeightsError, match="Could not load the background-removal model"):
+        remover.session()
