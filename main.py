@@ -129,7 +129,7 @@ def train(opt) -> int:
         f"{len(eval_ds)} eval objects, {accelerator.num_processes} process(es) on {accelerator.device}, "
         f"{steps_per_epoch} steps per epoch, {total_steps} steps, workspace {ws}"
     )
-    lpips_eval = T.try_build_lpips(accelerator.device) if main_proc or accelerator.num_processes > 1 else None
+    lpips_eval = T.try_build_lpips(accelerator.device)
 
     def run_eval(step: int) -> dict:
         model.eval()

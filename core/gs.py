@@ -105,6 +105,8 @@ class GaussianRenderer:
         H = W = opt.output_size; depth is sum(z * alpha * T) (0 on the background).
         """
         _check_tensor("gaussians", gaussians, (None, None, 14))
+        if gaussians.dtype in (torch.float16, torch.bfloat16):
+            gaussians = gaussians.float()  # the rasterizer's thresholds need at least fp32
         B = gaussians.shape[0]
         _check_tensor("cam_view", cam_view, (B, None, 4, 4))
         V = cam_view.shape[1]

@@ -68,6 +68,23 @@ def _find_vgg16() -> Path | None:
     return None
 
 
+def _load_vgg16_state() -> dict:
+    path = _find_vgg16()
+    if path is not None:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        if offline():
+            raise ConnectionError("offline mode (LGM_OFFLINE / HF_HUB_OFFLINE)")
+        return torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=True)
+    except Exception as e:
+        raise LPIPSUnavailableError(
+            f"LPIPS needs the VGG16 backbone '{VGG16_FILE}' (528 MB), which is not in {PRETRAINED_DIR}/ "
+            f"or the torch hub cache and could not be downloaded ({type(e).__name__}).\n"
+            f"Fetch it with `python scripts/download_weights.py --only vgg`, or turn LPIPS off "
+            f"(--lambda_lpips 0 for training)."
+        ) from e
+
+
 def build_lpips(pretrained_backbone: bool = True) -> torch.nn.Module:
     """The LPIPS(VGG) network, frozen, in eval mode.
 
@@ -76,23 +93,9 @@ def build_lpips(pretrained_backbone: bool = True) -> torch.nn.Module:
     """
     import lpips
 
+    state = _load_vgg16_state() if pretrained_backbone else None  # fail before building anything
     net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)  # heads from the package
-    if pretrained_backbone:
-        path = _find_vgg16()
-        if path is not None:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        else:
-            try:
-                if offline():
-                    raise ConnectionError("offline mode (LGM_OFFLINE / HF_HUB_OFFLINE)")
-                state = torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=True)
-            except Exception as e:
-                raise LPIPSUnavailableError(
-                    f"LPIPS needs the VGG16 backbone '{VGG16_FILE}' (528 MB), which is not in {PRETRAINED_DIR}/ "
-                    f"or the torch hub cache and could not be downloaded ({type(e).__name__}).\n"
-                    f"Fetch it with `python scripts/download_weights.py --only vgg`, or turn LPIPS off "
-                    f"(--lambda_lpips 0 for training)."
-                ) from e
+    if state is not None:
         features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         for slice_ in (net.net.slice1, net.net.slice2, net.net.slice3, net.net.slice4, net.net.slice5):
             for idx, layer in slice_.named_children():

@@ -16,6 +16,9 @@ from core.options import Options
 from core.unet import UNet
 
 
+INIT_SCALE_BIAS = -1.5  # 0.1 * softplus(-1.5) = 0.020
+
+
 def activate_gaussians(x: Tensor) -> Tensor:
     """Raw head output -> the 14 activated Gaussian parameters of DESIGN.md. [..., 14] -> [..., 14]"""
     pos = x[..., 0:3].clamp(-1, 1)
@@ -53,6 +56,8 @@ class LGM(nn.Module):
         self.opt = opt
         self.unet = build_unet(opt)
         self.conv = nn.Conv2d(14, 14, kernel_size=1)
+        with torch.no_grad():  # start from small Gaussians (scale ~0.02), not 0.07: cheaper to render
+            self.conv.bias[4:7].fill_(INIT_SCALE_BIAS)  # from scratch, and closer to trained models
         self.gs = GaussianRenderer(opt)
         self._lpips_pretrained = lpips_pretrained
         self._lpips: list[nn.Module] = []  # a list keeps the frozen network out of state_dict()

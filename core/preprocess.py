@@ -4,7 +4,7 @@
   anything else goes through rembg background removal.
 - rembg's model file is looked up in ``pretrained/`` first (``pretrained/<model>.onnx``), then
   where rembg keeps it (``$U2NET_HOME``, ``~/.u2net``, ``~/.rembg/models/<model>/``); it is
-  downloaded only when neither has it and ``HF_HUB_OFFLINE`` is not set. A missing file raises
+  downloaded only when neither has it and offline mode (``HF_HUB_OFFLINE`` / ``LGM_OFFLINE``) is not set. A missing file raises
   ``core.weights.WeightsNotFoundError`` naming the file and ``scripts/download_weights.py``.
 - The object's bounding box is scaled to fill ``1 - border_ratio`` of a square canvas and
   centred on white.
@@ -88,7 +88,7 @@ class BackgroundRemover:
         _rembg_session_class(self.model_name)  # unknown names fail before any download
         local = self.local_model_file()
         if local is None and offline():
-            raise WeightsNotFoundError(self._missing("HF_HUB_OFFLINE is set, so it was not downloaded."))
+            raise WeightsNotFoundError(self._missing("offline mode is set (HF_HUB_OFFLINE / LGM_OFFLINE), so it was not downloaded."))
         try:
             if local is not None and self.pretrained_dir in local.parents:
                 with _env(U2NET_HOME=self.pretrained_dir):  # rembg reads $U2NET_HOME/<model>.onnx

@@ -432,3 +432,51 @@ def test_all_objects_failing_exits_non_zero(blender_cmd, tmp_path):
     assert "0 rendered, 0 already complete, 2 failed" in run.stderr
     assert "no faces" in run.stderr and "file not found" in run.stderr
     assert not (tmp_path / "out" / "uids.txt").read_text().strip()
+
+
+def test_eval_script_on_the_render(rendered, tmp_path):
+    """scripts/eval.py with a tiny random checkpoint: JSON and table, metrics recomputed here."""
+    from safetensors.torch import save_file
+    from skimage.metrics import structural_similarity
+
+    from core.datasets.folder import FolderDataset
+    from core.models import LGM
+    from core.options import config_defaults, replace
+
+    output, _, _ = rendered
+    torch.manual_seed(0)
+    opt = replace(config_defaults["cpu"], renderer="torch", dataset="folder", data_root=str(output))
+    model = LGM(opt).eval()
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file(model.state_dict(), str(ckpt))
+    out_dir = tmp_path / "eval"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "eval.py"), "--checkpoint", str(ckpt), "--data-root", str(output),
+         "--output", str(out_dir), "--grids", "--no-lpips"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "LGM_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((out_dir / "metrics.json").read_text())
+    assert summary["preset"] == "cpu" and summary["num_objects"] == 1
+    row = summary["objects"][0]
+    assert row["uid"] == "BoxTextured" and row["num_views"] == N_VIEWS - 4 and row["lpips"] is None
+    table = (out_dir / "metrics.md").read_text()
+    assert "| BoxTextured |" in table and f"{row['psnr']:.2f}" in table
+    assert (out_dir / "grids" / "BoxTextured.jpg").is_file()
+
+    # independent recomputation: numpy PSNR and scikit-image SSIM per novel view, averaged
+    item = FolderDataset(opt, "all", all_views=True)[0]
+    with torch.no_grad():
+        gaussians = model.forward_gaussians(item["input"][None])
+        pred = model.gs.render(gaussians, item["cam_view"][None], item["cam_view_proj"][None], item["cam_pos"][None])["image"][0]
+    pred, gt = pred[4:].double().numpy(), item["images_output"][4:].double().numpy()
+    psnrs = [-10 * np.log10(np.mean((p - g) ** 2)) for p, g in zip(pred, gt)]
+    ssims = [
+        structural_similarity(p, g, channel_axis=0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+        for p, g in zip(pred, gt)
+    ]
+    blank = [-10 * np.log10(np.mean((1.0 - g) ** 2)) for g in gt]
+    assert abs(row["psnr"] - np.mean(psnrs)) < 1e-3
+    assert abs(row["ssim"] - np.mean(ssims)) < 1e-3
+    assert abs(row["psnr_blank"] - np.mean(blank)) < 1e-3
+    assert summary["psnr"] == pytest.approx(row["psnr"])

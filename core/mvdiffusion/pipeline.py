@@ -141,7 +141,7 @@ def resolve_pipeline_folder(name_or_path: Union[str, os.PathLike], local_files_o
     An existing folder is used as is. A missing ``.../imagedream-ipmv-diffusers`` or
     ``.../mvdream-sd2.1-diffusers`` falls back to its published hub repo; anything shaped
     ``owner/name`` that is not a folder is a hub id. Hub repos come from the HF cache, downloaded
-    unless offline (``HF_HUB_OFFLINE=1`` or ``local_files_only``). Raises
+    unless offline (``HF_HUB_OFFLINE=1`` / ``LGM_OFFLINE=1`` or ``local_files_only``). Raises
     ``core.weights.WeightsNotFoundError`` naming the folder and the download command.
     """
     path = Path(name_or_path).expanduser()
@@ -155,7 +155,9 @@ def resolve_pipeline_folder(name_or_path: Union[str, os.PathLike], local_files_o
     if repo_id is None:
         raise _weights_error(_missing_message(str(name_or_path)))
     if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        from core.weights import offline
+
+        local_files_only = offline()
     try:
         folder = download_diffusers_repo(repo_id, local_files_only=local_files_only)
     except Exception as e:  # offline, unknown repo, no network, ...

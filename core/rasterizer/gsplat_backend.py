@@ -31,6 +31,7 @@ How gsplat's rules differ from the 3DGS rasterizer that the published weights we
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -39,8 +40,9 @@ from torch import Tensor
 from core.rasterizer.torch_backend import NEAR_CULL, DILATION, tan_half_fov
 
 
+@functools.lru_cache(maxsize=None)
 def is_available() -> tuple[bool, str]:
-    """(True, "") when ``import gsplat`` works, else (False, the reason)."""
+    """(True, "") when ``import gsplat`` works, else (False, the reason). Checked once."""
     try:
         importlib.import_module("gsplat")
     except Exception as err:  # ImportError, or a broken CUDA build raising at import
@@ -67,6 +69,8 @@ def render(
     dict(image [B, V, 3, S, S], alpha [B, V, 1, S, S], depth [B, V, 1, S, S])."""
     from gsplat import rasterization
 
+    out_dtype = gaussians.dtype  # gsplat's kernels are float32
+    gaussians, cam_view, cam_view_proj, bg = gaussians.float(), cam_view.float(), cam_view_proj.float(), bg.float()
     B, V = cam_view.shape[:2]
     viewmats = cam_view.transpose(-1, -2)  # [B, V, 4, 4] column-vector world -> camera (OpenCV)
     Ks = intrinsics(cam_view, cam_view_proj, size)  # [B, V, 3, 3]
@@ -85,11 +89,12 @@ def render(
             height=size,
             near_plane=NEAR_CULL,
             eps2d=DILATION,
-            backgrounds=bg[b].to(g.dtype).contiguous(),  # [V, 3]
+            backgrounds=bg[b].contiguous(),  # [V, 3]
             render_mode="RGB+D",
             rasterize_mode="classic",
         )  # colors [V, S, S, 4], alpha [V, S, S, 1]
         images.append(colors[..., :3].permute(0, 3, 1, 2))
         depths.append(colors[..., 3:].permute(0, 3, 1, 2))
         alphas.append(alpha.permute(0, 3, 1, 2))
-    return dict(image=torch.stack(images), alpha=torch.stack(alphas), depth=torch.stack(depths))
+    out = dict(image=torch.stack(images), alpha=torch.stack(alphas), depth=torch.stack(depths))
+    return {k: v.to(out_dtype) for k, v in out.items()}

@@ -3,7 +3,7 @@
 This is the reference backend: it renders what the published LGM weights were trained with
 ("Rasterizer semantics" in DESIGN.md) and is differentiable w.r.t. all 14 Gaussian parameters.
 
-Pipeline, batched over the ``I = B * V`` images (no Python loop over images):
+Pipeline, batched over the ``I = B * V`` images (no Python loop over images or views):
 
 1. :func:`project_gaussians` (plain differentiable torch ops): view-space point and near cull
    (``t.z <= 0.2``), NDC ``/ (w + 1e-7)`` and pixel ``((ndc + 1) * S - 1) / 2``, EWA 2D covariance
@@ -12,36 +12,39 @@ Pipeline, batched over the ``I = B * V`` images (no Python loop over images):
    box where it may be evaluated: its tile range, intersected with the box of the ellipse where
    ``opacity * exp(power) >= 1/255`` (outside it every pixel is skipped by the alpha rule, so the
    intersection changes nothing, see DESIGN.md) and with the image.
-2. :func:`rasterize` composites front to back with a custom ``torch.autograd.Function``:
+2. :func:`rasterize` composites front to back in a custom ``torch.autograd.Function``:
 
    * Visible (image, Gaussian) pairs are sorted by (image, view-space depth, index), the order
-     of the CUDA rasterizer's stable radix sort, and cut into depth slabs.
-   * Per slab, a hierarchy (64 px super tiles -> 16 px tiles -> 4x4 px micro tiles) expands every
-     Gaussian into the micro tiles its box touches. Each level is a dense ``[children, items]``
-     mask and ``nonzero()``; because the items are already in depth order the result comes out
-     grouped by micro tile and depth-sorted inside each group, with no sort over pairs. Memory
-     and time grow with the number of (Gaussian, micro tile) pairs, i.e. with the pixel-Gaussian
-     intersections (at most ~2x more at the 4 px granularity), not with tiles x the most
-     crowded tile.
-   * Occlusion culling, exact under the transmittance stop: a pixel whose transmittance would
-     fall below 1e-4 accepts no later Gaussian, so after each slab a Gaussian whose box holds no
-     live pixel (summed-area table), and then a tile or micro tile with no live pixel, is dropped.
-   * Each (Gaussian, micro tile) row holds 16 pixels; per pixel, transmittance is an exclusive
-     cumulative sum of ``log(1 - alpha)`` inside the group (float64), so the stop rule is
-     "accept while ``T * (1 - alpha) >= 1e-4``" (transmittance only decreases, so this equals
-     stopping at the first failure). Rows are processed in chunks of whole groups.
-   * Backward recomputes every chunk front to back from the saved plan (row -> Gaussian, row ->
-     micro tile; a few bytes per row) and uses the closed form
-     ``dL/dalpha_i = T_i e_i - (K - E_i) / (1 - alpha_i)`` with ``e_i = g_rgb . c_i + g_depth z_i``,
-     ``E_i`` the inclusive prefix of ``e_j alpha_j T_j`` and ``K = g_rgb . C + g_depth D - g_alpha T_final``
-     (from the forward outputs), then chains to centre, conic, opacity, colour and depth per
-     row; autograd takes it from there through the projection.
+     of the CUDA rasterizer's stable radix sort, and cut into depth slabs processed in order.
+   * Planning a slab: a hierarchy (64 px super tiles -> 16 px tiles -> 4x4 px micro tiles)
+     expands every Gaussian into the micro tiles that meet both its pixel box and, row of tiles
+     by row of tiles, the x span of its alpha >= 1/255 ellipse. Each level is a dense
+     ``[children, items]`` mask and ``nonzero()``; as the items are already depth-sorted, the
+     rows (Gaussian, micro tile) come out grouped by micro tile and depth-sorted inside a group
+     without any sort over pairs. Memory and time grow with the number of these rows (16 pixels
+     each, about 2x the pixel-Gaussian intersections), not with tiles x the most crowded tile.
+   * Occlusion culling, exact under the transmittance stop: a pixel that stopped accepts no later
+     Gaussian, so a Gaussian whose box only covers finished micro tiles (a summed-area table),
+     and any finished micro tile, are dropped before later slabs are planned.
+   * Compositing: groups are sorted by length and processed in chunks padded to
+     ``[groups, length, 16 pixels]``. Transmittance after each row is ``T0 * cumprod(1 - alpha)``
+     along the group (T0 from the previous slabs); a row is accepted while that stays
+     ``>= 1e-4``, which equals the CUDA rule "stop before the Gaussian that would bring T below
+     1e-4" because T never increases. ``power`` for the 16 pixels of a row is a quadratic in the
+     pixel offsets, evaluated as one matrix product.
+   * Backward recomputes every chunk front to back from the saved plans (8 bytes per row plus
+     the groups) and uses ``dL/dalpha_i = T_i e_i - (K - E_i) / (1 - alpha_i)`` with
+     ``e_i = g_rgb . c_i + g_depth z_i``, ``E_i`` the inclusive prefix sum of ``e_j alpha_j T_j``
+     and ``K = g_rgb . C + g_depth D - g_alpha T_final`` from the forward outputs; it chains to
+     centre, conic, opacity, colour and depth per row, and autograd takes it from there through
+     the projection.
 
-Differences from the CUDA code, all below the float tolerance of the tests: transmittance is a
-product computed as exp of a sum of logs (CUDA multiplies sequentially), ``alpha = sum(w)`` and
-``T_final = 1 - alpha`` use the telescoping identity, and the backward is the exact gradient of
-the forward (the CUDA backward ignores the 0.99 clamp when differentiating alpha). A Gaussian
-culled by any rule gets zero gradient from that view. ``bg_color`` gets no gradient.
+Differences from the CUDA code, all at rounding level: the order of floating-point operations
+(``alpha = sum(alpha_i T_i)`` and ``T_final = 1 - alpha`` use the telescoping identity, T is a
+cumulative product), the "skip if power > 0" rule is implied (the conic is positive definite,
+so only rounding could make power positive), and the backward is the exact gradient of the
+forward (the CUDA backward ignores the 0.99 clamp when differentiating alpha). A Gaussian culled
+by any rule gets zero gradient from that view; ``bg_color`` gets no gradient.
 """
 
 from __future__ import annotations
@@ -168,15 +171,21 @@ def project_gaussians(
         tile_x1 = torch.trunc((cx + radius + TILE - 1) / TILE).clamp(0, n_tiles)
         tile_y0 = torch.trunc((cy - radius) / TILE).clamp(0, n_tiles)
         tile_y1 = torch.trunc((cy + radius + TILE - 1) / TILE).clamp(0, n_tiles)
-        # Ellipse where opacity * exp(power) >= 1/255: d^T cov^-1 d <= q, q = 2 ln(255 opacity).
+        # Box of the ellipse where opacity * exp(power) >= 1/255, from the conic as evaluated
+        # (float64, with the margin of _ellipse_q); an indefinite conic keeps the tile range.
         op = opacity.detach().unsqueeze(1).expand_as(tz)
-        q = 2.0 * torch.log(torch.clamp(op * 255.0, min=1e-30)) + 1e-3  # small outward margin
-        ext_x = torch.sqrt(torch.clamp(q * ca, min=0.0)) * 1.001 + 0.01
-        ext_y = torch.sqrt(torch.clamp(q * cc, min=0.0)) * 1.001 + 0.01
-        lo_x = torch.maximum(torch.ceil(cx - ext_x), tile_x0 * TILE).clamp(0, size)
-        hi_x = torch.minimum(torch.floor(cx + ext_x), tile_x1 * TILE - 1).clamp(-1, size - 1)
-        lo_y = torch.maximum(torch.ceil(cy - ext_y), tile_y0 * TILE).clamp(0, size)
-        hi_y = torch.minimum(torch.floor(cy + ext_y), tile_y1 * TILE - 1).clamp(-1, size - 1)
+        a64, b64, c64 = conic.detach().to(torch.float64).unbind(-1)
+        det_c = a64 * c64 - b64 * b64
+        q = _ellipse_q(op.to(torch.float64))
+        bounded = (det_c > 0) & (a64 > 0) & (c64 > 0)
+        det_c = torch.where(bounded, det_c, torch.ones_like(det_c))
+        ext_x = torch.where(bounded, torch.sqrt(torch.clamp(q * c64 / det_c, min=0.0)), math.inf) + 0.01
+        ext_y = torch.where(bounded, torch.sqrt(torch.clamp(q * a64 / det_c, min=0.0)), math.inf) + 0.01
+        cx64, cy64 = cx.to(torch.float64), cy.to(torch.float64)
+        lo_x = torch.maximum(torch.ceil(cx64 - ext_x), tile_x0 * TILE).clamp(0, size)
+        hi_x = torch.minimum(torch.floor(cx64 + ext_x), tile_x1 * TILE - 1).clamp(-1, size - 1)
+        lo_y = torch.maximum(torch.ceil(cy64 - ext_y), tile_y0 * TILE).clamp(0, size)
+        hi_y = torch.minimum(torch.floor(cy64 + ext_y), tile_y1 * TILE - 1).clamp(-1, size - 1)
         visible = in_front & det_ok & (op >= ALPHA_MIN) & (lo_x <= hi_x) & (lo_y <= hi_y)
         visible &= (tile_x1 > tile_x0) & (tile_y1 > tile_y0)
         box = torch.stack([lo_x, hi_x, lo_y, hi_y], dim=-1).long()  # [B, V, N, 4]
@@ -227,37 +236,72 @@ class _Plan:
     chunks: list  # [(group0, group1, padded_length)]
 
 
-def _ellipse_x_span(g: Tensor, y0: Tensor, height: int) -> tuple[Tensor, Tensor]:
-    """x range of the ellipse {A dx^2 + 2B dx dy + C dy^2 <= q} (d = centre - pixel) within the
-    pixel rows [y0, y0 + height - 1] (as a continuous band); empty bands give lo > hi. A conic that
-    rounding left indefinite gets an unbounded span (no culling).
+def _ellipse_q(opacity: Tensor) -> Tensor:
+    """q with alpha >= 1/255 only inside {d: A dx^2 + 2B dx dy + C dy^2 <= q}: 2 ln(255 opacity),
+    enlarged a little so that rounding in the per-pixel evaluation cannot escape it. float64."""
+    return 2.0 * torch.log(torch.clamp(opacity * 255.0, min=1e-30)) * 1.002 + 2e-3
 
-    g: [6, n] float64 cx, cy, A, B, C, q; y0: [k, n] int -> x_lo, x_hi: [k, n] float64.
+
+def _ellipse_table(params: Tensor) -> Tensor:
+    """Per Gaussian, the ellipse where its alpha can reach 1/255, in the form the planner uses.
+
+    The ellipse is {d: A dx^2 + 2B dx dy + C dy^2 <= q}, d = centre - pixel, with the conic
+    (A, B, C) exactly as the compositing evaluates it and q = 2 ln(255 opacity), enlarged by a
+    small margin (pixels outside it are skipped by the alpha rule anyway, so a larger ellipse
+    only costs time). Solving for dx at a given dy = v: dx in -k1 v +- sqrt(k2 - k3 v^2).
+
+    params: [10, n] (cx, cy, A, B, C, opacity, ...) -> [8, n] float32 rows cx, cy, k1, k2, k3,
+    v_ext (half height), v_left (dy of the leftmost point; the rightmost is at -v_left), unused.
+    Constants are derived in float64. A conic that rounding left indefinite, or a centre too far
+    off screen for float32 spans, gets an unbounded ellipse (no culling beyond the pixel box).
     """
-    cx, cy, ca, cb, cc, q = g.unbind(0)
+    p = params.detach().to(torch.float64)
+    cx, cy, ca, cb, cc, op = p[0], p[1], p[2], p[3], p[4], p[5]
+    q = _ellipse_q(op)
     det = ca * cc - cb * cb
-    bounded = (det > 0) & (ca > 0) & (cc > 0)
-    det = torch.where(bounded, det, 1.0)
-    v_ext = torch.sqrt(q * ca / det)  # the ellipse's half height
-    v_top = cy - y0.to(g.dtype)  # band in v = cy - y: [v_top - (height - 1), v_top], cut to the ellipse
+    bounded = (det > 0) & (ca > 0) & (cc > 0) & (cx.abs() < 1e5) & (cy.abs() < 1e5)
+    safe = lambda x: torch.where(bounded, x, torch.ones_like(x))  # noqa: E731
+    ca, cc, det = safe(ca), safe(cc), safe(det)
+    inf = torch.full_like(cx, math.inf)
+    zero = torch.zeros_like(cx)
+    rows = [
+        torch.where(bounded, cx, zero),
+        torch.where(bounded, cy, zero),
+        torch.where(bounded, cb / ca, zero),
+        torch.where(bounded, q / ca, inf),
+        torch.where(bounded, det / (ca * ca), zero),
+        torch.where(bounded, torch.sqrt(torch.clamp(q * ca / det, min=0.0)), inf),
+        torch.where(bounded, torch.sqrt(torch.clamp(q * cc / det, min=0.0)) * cb / cc, zero),
+        zero,
+    ]
+    return torch.stack(rows).to(torch.float32)
+
+
+def _ellipse_x_span(g: Tensor, y0: Tensor, height: int, margin: float = 0.02) -> tuple[Tensor, Tensor, Tensor]:
+    """x range of each ellipse (see :func:`_ellipse_table`) within the pixel rows
+    [y0, y0 + height - 1] taken as a continuous band, widened by ``margin`` pixels.
+
+    g: [8, n] ellipse table rows of the items; y0: [k, n] int -> x_lo, x_hi [k, n] float32 and
+    ``hit`` [k, n] bool (the band meets the ellipse).
+    """
+    cx, cy, k1, k2, k3, v_ext, v_left = g[0], g[1], g[2], g[3], g[4], g[5], g[6]
+    v_top = cy - y0.to(g.dtype)  # the band in v = cy - y is [v_top - (height - 1), v_top]
     v_hi = torch.minimum(v_top, v_ext)
     v_lo = torch.maximum(v_top - (height - 1), -v_ext)
-    v_left = torch.sqrt(q * cc / det) * cb / cc  # v of the leftmost point (rightmost: -v_left)
+    hit = v_lo <= v_hi
+    # u = dx is convex-bounded: its minimum over the band is at v_left clamped to the band.
     v1 = torch.minimum(torch.maximum(v_left, v_lo), v_hi)
     v2 = torch.minimum(torch.maximum(-v_left, v_lo), v_hi)
-    u_min = (-cb * v1 - torch.sqrt(torch.clamp(ca * q - det * v1 * v1, min=0.0))) / ca
-    u_max = (-cb * v2 + torch.sqrt(torch.clamp(ca * q - det * v2 * v2, min=0.0))) / ca
-    empty = (v_lo > v_hi) & bounded
-    x_lo = torch.where(empty, math.inf, torch.where(bounded, cx - u_max, -math.inf))
-    x_hi = torch.where(empty, -math.inf, torch.where(bounded, cx - u_min, math.inf))
-    return x_lo, x_hi
+    u_min = -k1 * v1 - torch.sqrt(torch.clamp(k2 - k3 * v1 * v1, min=0.0))
+    u_max = -k1 * v2 + torch.sqrt(torch.clamp(k2 - k3 * v2 * v2, min=0.0))
+    return cx - u_max - margin, cx - u_min + margin, hit
 
 
 def _children(gid, nx, ny, box, geo, branch: int, child: int):
     """Children (``child`` px, ``branch`` per axis) of nodes (nx, ny) that each item can reach.
 
     gid, nx, ny: [n] int64 (Gaussian column, node coordinates); box: [4, n_gauss] inclusive pixel
-    boxes; geo: [6, n_gauss] ellipses (see :func:`_ellipse_x_span`). A child is kept when it meets
+    boxes; geo: [8, n_gauss] ellipses (see :func:`_ellipse_table`). A child is kept when it meets
     the box and, per row of children, the ellipse's x span. Returns (item, ux, uy) [R] ordered
     by (uy, ux, item) and the first child's coordinates (ax0, ay0) [n] of every item: items
     sorted by (image, depth) give children grouped by node and depth-sorted inside.
@@ -266,10 +310,11 @@ def _children(gid, nx, ny, box, geo, branch: int, child: int):
     u = torch.arange(branch, device=gid.device).unsqueeze(1)  # [branch, 1]
     ax = branch * nx.unsqueeze(0) + u  # [branch, n] absolute child coordinates
     ay = branch * ny.unsqueeze(0) + u
-    x_lo, x_hi = _ellipse_x_span(geo.index_select(1, gid), ay * child, child)  # [branch (y), n]
+    x_lo, x_hi, hit = _ellipse_x_span(geo.index_select(1, gid), ay * child, child)  # [branch (y), n]
     lo = torch.maximum(torch.floor(x_lo.clamp(-child, 1e9) / child).long(), torch.div(b[0], child, rounding_mode="floor"))
     hi = torch.minimum(torch.floor(x_hi.clamp(-child, 1e9) / child).long(), torch.div(b[1], child, rounding_mode="floor"))
     row_ok = (ay >= torch.div(b[2], child, rounding_mode="floor")) & (ay <= torch.div(b[3], child, rounding_mode="floor"))
+    row_ok &= hit
     mask = (ax.unsqueeze(0) >= lo.unsqueeze(1)) & (ax.unsqueeze(0) <= hi.unsqueeze(1))  # [branch (y), branch (x), n]
     mask &= row_ok.unsqueeze(1)
     uy, ux, item = mask.nonzero().unbind(1)
@@ -279,12 +324,13 @@ def _children(gid, nx, ny, box, geo, branch: int, child: int):
 def _expand_level(gid, img, nx, ny, box, geo, branch: int, child: int):
     """(Gaussian, image, node) items -> the same for their children, see :func:`_children`."""
     item, ux, uy, ax0, ay0 = _children(gid, nx, ny, box, geo, branch, child)
-    return gid[item], img[item], ax0[item] + ux, ay0[item] + uy
+    pick = lambda x: x.index_select(0, item)  # noqa: E731
+    return pick(gid), pick(img), pick(ax0) + ux, pick(ay0) + uy
 
 
 def _plan_slab(frame: _Frame, box: Tensor, img: Tensor, geo: Tensor, live_micro: Tensor, chunk_rows: int) -> _Plan:
-    """Plan one slab. box: [4, n] inclusive pixel boxes, img: [n], geo: [6, n] (see
-    :func:`_ellipse_x_span`); items sorted by (image, depth).
+    """Plan one slab. box: [4, n] inclusive pixel boxes, img: [n], geo: [8, n] (see
+    :func:`_ellipse_table`); items sorted by (image, depth).
 
     live_micro: [I, P/4, P/4] bool, micro tiles holding a pixel that can still accept a Gaussian.
     """
@@ -311,8 +357,8 @@ def _plan_slab(frame: _Frame, box: Tensor, img: Tensor, geo: Tensor, live_micro:
     gid, g_img, nx, ny = _expand_level(gid, g_img, zeros, zeros, box, geo, frame.n_super, SUPER)
     gid, g_img, nx, ny = _expand_level(gid, g_img, nx, ny, box, geo, SUPER // TILE, TILE)
     item, ux, uy, ax0, ay0 = _children(gid, nx, ny, box, geo, TILE // MICRO, MICRO)
-    row_gauss = gid[item]
-    tile_id = ((g_img * m + ay0) * m + ax0)[item] + uy * m + ux  # [R] flat micro tile id
+    row_gauss = gid.index_select(0, item)
+    tile_id = ((g_img * m + ay0) * m + ax0).index_select(0, item) + uy * m + ux  # [R] flat micro tile id
     keep = live_micro.reshape(-1).index_select(0, tile_id).nonzero().squeeze(1)
     row_gauss, tile_id = row_gauss.index_select(0, keep), tile_id.index_select(0, keep)
 
@@ -322,10 +368,16 @@ def _plan_slab(frame: _Frame, box: Tensor, img: Tensor, geo: Tensor, live_micro:
     group_tile, group_start, counts = group_tile[order], group_start[order], counts[order]
     row_gauss = torch.cat([row_gauss, torch.full((1,), n, dtype=row_gauss.dtype, device=device)])
 
-    chunks, g0, lengths = [], 0, counts.tolist()
-    while g0 < len(lengths):
+    # Chunks of about chunk_rows padded rows; a chunk also ends where group lengths fall below
+    # 80% of its first (longest) group, which bounds the padding.
+    chunks, g0, n_groups = [], 0, counts.numel()
+    lengths = counts.tolist()
+    while g0 < n_groups:
         length = lengths[g0]
-        g1 = min(len(lengths), g0 + max(1, chunk_rows // length))
+        g1 = min(n_groups, g0 + max(1, chunk_rows // length))
+        floor = int(0.8 * length)  # counts are descending: find the first group shorter than 80%
+        if lengths[g1 - 1] < floor:
+            g1 = g0 + int(torch.searchsorted(-counts[g0:g1], -floor, right=True))
         chunks.append((g0, g1, length))
         g0 = g1
     return _Plan(row_gauss, group_tile, group_start, counts, chunks)
@@ -347,8 +399,8 @@ def _alpha_floor(dtype) -> float:
 
 
 def _eval_chunk(params: Tensor, plan: _Plan, chunk, t0: Tensor, frame: _Frame, basis: Tensor, grad: bool) -> dict:
-    """Evaluate one chunk of groups. params: [10, n + 1] (cx, cy, A, B, C, opacity, z, r, g, b;
-    the last column is a transparent dummy); t0: [Gc, 16] transmittance before this slab.
+    """Evaluate one chunk of groups. params: [n + 1, 10] (cx, cy, A, B, C, opacity, z, r, g, b;
+    the last row is a transparent dummy); t0: [Gc, 16] transmittance before this slab.
 
     Returns [Gc, L, ...] tensors: per row parameters and, per pixel, the weight ``alpha * T`` of
     accepted entries (and what the backward pass needs when ``grad``).
@@ -461,7 +513,7 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params, bg, img, box, geo, slabs, frame, chunk_rows):
-        # params: [10, n] sorted by (image, depth); bg: [I, 3]; img: [n]; box: [4, n]; geo: [6, n]
+        # params: [10, n] sorted by (image, depth); bg: [I, 3]; img: [n]; box: [4, n]; geo: [8, n]
         dtype, device = params.dtype, params.device
         M = frame.n_tiles
         trans = torch.ones(M, MICRO * MICRO, dtype=dtype, device=device)  # [M, 16] transmittance
@@ -473,7 +525,7 @@ class _Composite(torch.autograd.Function):
         for slab in slabs:
             live_3d = live_micro.reshape(frame.n_images, frame.n_micro, frame.n_micro)
             plan = _plan_slab(frame, box[:, slab], img[slab], geo[:, slab], live_3d, chunk_rows)
-            sp = _with_dummy(params[:, slab])  # [10, n_slab + 1]
+            sp = _with_dummy(params[:, slab])  # [n_slab + 1, 10]
             for chunk in plan.chunks:
                 tiles = plan.group_tile[chunk[0] : chunk[1]]
                 ev = _eval_chunk(sp, plan, chunk, trans.index_select(0, tiles), frame, basis, grad=False)
@@ -584,10 +636,7 @@ def rasterize(proj: Projected, size: int, bg: Tensor, slab_size: int = SLAB_GAUS
         dim=1,
     ).t()  # [10, n]: cx, cy, A, B, C, opacity, z, r, g, b
     box = proj.box.reshape(-1, 4).index_select(0, flat).t().contiguous()  # [4, n]
-    with torch.no_grad():  # ellipse where alpha can reach 1/255 (with the margin of project_gaussians)
-        p64 = params.detach().to(torch.float64)
-        q = 2.0 * torch.log(torch.clamp(p64[5] * 255.0, min=1e-30)) * 1.002 + 2e-3
-        geo = torch.cat([p64[0:5], q.unsqueeze(0)])  # [6, n] float64
+    geo = _ellipse_table(params)  # [8, n]
     padded = -(-size // SUPER) * SUPER
     frame = _Frame(n_images=I, size=size, padded=padded, n_micro=padded // MICRO, n_super=padded // SUPER)
     slabs = _slabs(img, I, slab_size)
