@@ -7,8 +7,12 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Before torch starts OpenMP: idle threads sleep instead of spinning, so test subprocesses
+# (training runs, launchers) do not starve each other on small machines.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
