@@ -1,6 +1,6 @@
 """Train LGM: the explicit Accelerate loop.
 
-    python main.py cpu --max_minutes 8 --export_objects 2            # 2-core CPU, synthetic data
+    python main.py cpu --max_steps 360 --export_objects 2             # 2-core CPU, synthetic data
     accelerate launch --config_file acc_configs/gpu8.yaml main.py big --dataset folder --data_root DATA
     python main.py big --resume_from latest                            # continue a stopped run
 
@@ -52,7 +52,6 @@ def train(opt) -> int:
     from tqdm import tqdm
 
     from core import training as T
-    from core.export import render_turntable, write_video
     from core.metrics import LPIPSUnavailableError
     from core.models import LGM
     from core.weights import load_weights
@@ -242,7 +241,7 @@ def train(opt) -> int:
         say(f"[train] {'identical' if same else 'DIFFERENT'} weights on {accelerator.num_processes} processes")
     res = run_eval(global_step) if last_eval != global_step else None
     if main_proc and opt.export_objects > 0:
-        export_objects(raw_model, ema, eval_ds, opt, ws / "export", render_turntable, write_video, T)
+        export_objects(raw_model, ema, eval_ds, opt, ws / "export")
     if main_proc and res is not None and res["psnr"] is not None:
         print(
             f"\nheld-out PSNR {res['psnr']:.2f} dB vs blank-white prediction {res['psnr_blank']:.2f} dB "
@@ -253,11 +252,16 @@ def train(opt) -> int:
 
 
 @torch.no_grad()
-def export_objects(model, ema, dataset, opt, out_dir: Path, render_turntable, write_video, T) -> None:
+def export_objects(model, ema, dataset, opt, out_dir: Path) -> None:
     """Reconstruct held-out objects from their 4 input views: .ply, turntable .mp4, preview .jpg."""
+    from core import training as T
+    from core.export import render_turntable, write_video
+    from core.gs import GaussianRenderer
     from core.images import image_grid, write_image
+    from core.options import replace
 
     model.eval()
+    video_renderer = GaussianRenderer(replace(opt, output_size=max(opt.output_size, 256)))  # small presets too
     device = next(model.parameters()).device
     with ema.applied_to(model) if ema is not None else contextlib.nullcontext():
         for i in range(min(opt.export_objects, len(dataset))):
@@ -266,7 +270,7 @@ def export_objects(model, ema, dataset, opt, out_dir: Path, render_turntable, wr
             name = data["uid"][0]
             gaussians = model.forward_gaussians(data["input"])  # [1, N, 14]
             model.gs.save_ply(gaussians, out_dir / f"{name}.ply")
-            frames = render_turntable(model.gs, gaussians, opt, num_frames=opt.video_frames)
+            frames = render_turntable(video_renderer, gaussians, opt, num_frames=opt.video_frames)
             write_video(out_dir / f"{name}.mp4", frames, fps=30)
             pred = model.gs.render(gaussians, data["cam_view"], data["cam_view_proj"], data["cam_pos"])["image"]
             write_image(out_dir / f"{name}.jpg", image_grid([T.input_rgb(data["input"][0]), data["images_output"][0], pred[0]]))

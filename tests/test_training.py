@@ -19,7 +19,7 @@ MICRO_CLI = [
     "--up_channels", "64", "--up_attention", "True", "--attention_heads", "4", "--splat_size", "16",
     "--output_size", "32", "--num_views", "5", "--batch_size", "2", "--num_train_objects", "8",
     "--num_eval_objects", "2", "--num_workers", "0", "--log_every", "1", "--image_every", "2",
-    "--warmup_steps", "2", "--lr", "1e-3",
+    "--warmup_steps", "2", "--lr", "1e-3", "--prob_grid_distortion", "0.5", "--prob_cam_jitter", "0.5",
 ]
 
 
