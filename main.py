@@ -98,7 +98,8 @@ def train(opt) -> int:
     steps_per_epoch = max(len(train_loader) // opt.gradient_accumulation_steps, 1)
     total_steps = opt.max_steps if opt.max_steps is not None else opt.num_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=opt.lr, total_steps=total_steps + 1, pct_start=min(opt.warmup_steps / (total_steps + 1), 0.3)
+        optimizer, max_lr=opt.lr, total_steps=total_steps + 1,
+        pct_start=min(max(opt.warmup_steps, 2) / (total_steps + 1), 0.3),  # a 1-step warm-up divides by zero in torch
     )
     accelerator.register_for_checkpointing(scheduler)
     raw_model = accelerator.unwrap_model(model)

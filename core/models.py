@@ -98,6 +98,9 @@ class LGM(nn.Module):
         are already composited on white.
         """
         gaussians = self.forward_gaussians(data["input"])  # [B, N, 14]
+        if not torch.isfinite(gaussians).all():  # diverged weights: a NaN loss, which the loop skips
+            nan = gaussians.sum() * float("nan")
+            return {"loss": nan, "loss_mse": nan, "psnr": nan.detach(), "gaussians": gaussians}
         bg = torch.ones(3, device=gaussians.device)
         with torch.autocast(device_type=gaussians.device.type, enabled=False):
             out = self.gs.render(

@@ -23,11 +23,11 @@ MICRO_CLI = [
 ]
 
 
-def run_main(args, tmp_path, launcher=None, timeout=600):
+def run_main(args, tmp_path, launcher=None, timeout=600, expect_rc=0):
     cmd = (launcher or [sys.executable]) + [str(ROOT / "main.py")] + MICRO_CLI + args
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == expect_rc, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -121,3 +121,12 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     out = proc.stdout + proc.stderr
     assert "2 process(es)" in out
     assert "identical weights on 2 processes" in out
+
+
+def test_non_finite_losses_are_skipped_then_abort(tmp_path):
+    # lr 1e30: the first update blows the weights up, every later loss is NaN
+    proc = run_main(["--workspace", str(tmp_path / "ws"), "--max_steps", "20", "--lr", "1e30"], tmp_path, expect_rc=3)
+    out = proc.stdout + proc.stderr
+    assert "non-finite loss" in out and "step skipped" in out
+    assert "5 non-finite losses in a row" in out
+    assert "Traceback" not in out
