@@ -83,25 +83,35 @@ def opengl_to_opencv(c2w: Tensor) -> Tensor:
 opencv_to_opengl = opengl_to_opencv
 
 
+def zup_to_yup(c2w: Tensor) -> Tensor:
+    """Change the world of a pose from z up (Blender, MVDream) to our y up: the rows (x, y, z) ->
+    (x, z, -y). Camera axes are untouched. [..., 4, 4] -> [..., 4, 4]"""
+    out = c2w.clone()
+    out[..., 1, :] = c2w[..., 2, :]
+    out[..., 2, :] = -c2w[..., 1, :]
+    return out
+
+
+def yup_to_zup(c2w: Tensor) -> Tensor:
+    """Inverse of :func:`zup_to_yup`: rows (x, y, z) -> (x, -z, y). [..., 4, 4] -> [..., 4, 4]"""
+    out = c2w.clone()
+    out[..., 1, :] = -c2w[..., 2, :]
+    out[..., 2, :] = c2w[..., 1, :]
+    return out
+
+
 def blender_to_opengl(c2w: Tensor) -> Tensor:
     """Blender world (z up) + OpenCV camera axes -> our world (y up) + OpenGL camera axes.
 
     World (x, y, z) -> (x, z, -y) applied to the pose's rows, then the camera's y and z columns
     are negated. [..., 4, 4] -> [..., 4, 4]
     """
-    out = c2w.clone()
-    out[..., 1, :] = c2w[..., 2, :]
-    out[..., 2, :] = -c2w[..., 1, :]
-    return opengl_to_opencv(out)
+    return opengl_to_opencv(zup_to_yup(c2w))
 
 
 def opengl_to_blender(c2w: Tensor) -> Tensor:
     """Inverse of :func:`blender_to_opengl`. [..., 4, 4] -> [..., 4, 4]"""
-    c = opengl_to_opencv(c2w)
-    out = c.clone()
-    out[..., 2, :] = c[..., 1, :]
-    out[..., 1, :] = -c[..., 2, :]
-    return out
+    return yup_to_zup(opengl_to_opencv(c2w))
 
 
 def projection_matrix(fovy: float, znear: float, zfar: float) -> Tensor:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from core.cameras import blender_to_opengl
+from core.cameras import blender_to_opengl, zup_to_yup
 from core.datasets.common import make_item
 from core.images import read_image
 from core.options import Options
@@ -98,10 +98,7 @@ def _scan_transforms_object(obj_dir: Path, counts: dict) -> Optional[ObjectRecor
         except (KeyError, ValueError, TypeError):
             counts["bad_views"] += 1
             continue
-        # Blender world + OpenGL camera: only the world axes change, (x, y, z) -> (x, z, -y)
-        c2w = m.clone()
-        c2w[1], c2w[2] = m[2], -m[1]
-        views.append(View(path, c2w))
+        views.append(View(path, zup_to_yup(m)))  # Blender world + OpenGL camera: only the world changes
     return ObjectRecord(obj_dir.name, views, fovy)
 
 

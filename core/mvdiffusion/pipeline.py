@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from core.cameras import orbit_camera
+from core.cameras import orbit_camera, yup_to_zup
 from core.images import to_uint8
 from core.mvdiffusion.unet import MultiViewUNetModel
 
@@ -62,10 +62,7 @@ def mvdream_cameras(num_frames: int = 4, elevation: float = 0.0, extra_view: boo
     """
     azimuths = torch.arange(num_frames, dtype=torch.float32) * (360.0 / num_frames)
     poses = orbit_camera(torch.full((num_frames,), -float(elevation)), azimuths, radius=1.0)  # [F, 4, 4]
-    z_up = poses.clone()
-    z_up[:, 1] = -poses[:, 2]
-    z_up[:, 2] = poses[:, 1]
-    cams = z_up.reshape(num_frames, 16)
+    cams = yup_to_zup(poses).reshape(num_frames, 16)
     if extra_view:
         cams = torch.cat([cams, torch.zeros(1, 16)], dim=0)
     return cams
