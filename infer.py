@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional, Tuple
 
+import numpy as np
 import tyro
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-DEFAULT_IMAGEDREAM = "pretrained/imagedream-ipmv-diffusers"
-DEFAULT_MVDREAM = "pretrained/mvdream-sd2.1-diffusers"
-MV_SIZE = 256  # the published MVDream/ImageDream models generate 256 px views
+from core.generation import GenerationError, unique_names
+from core.images import IMAGE_SUFFIXES, ImageReadError, read_image
 
 
 @dataclass
@@ -69,15 +68,12 @@ class InferArgs:
     """Torch device (default: cuda if available, else cpu)."""
 
 
-class InferError(RuntimeError):
-    """A problem with the user's inputs or options; the message says what to do."""
-
-
 @dataclass
 class Job:
     name: str
     kind: str  # "image" | "prompt" | "views"
     path: Optional[Path] = None
+    image: Optional[np.ndarray] = None  # the loaded input (image jobs: [H, W, 3|4]; views jobs: [4, H, W, 3])
 
 
 # --------------------------------------------------------------------------- inputs
@@ -89,183 +85,123 @@ def _slug(text: str, limit: int = 48) -> str:
 
 
 def collect_jobs(args: InferArgs) -> list[Job]:
-    """What to make, in order: one job per image, or one for --views, or one for --prompt."""
+    """What to make, in order: one job per image, or one for --views, or one for --prompt.
+
+    Output names are unique (see core.generation.unique_names); nothing is read yet.
+    """
+    from core.generation import image_files
+
     if args.views is not None:
         if args.paths:
-            raise InferError("give either PATH... (images for ImageDream) or --views, not both")
+            raise GenerationError("give either PATH... (images for ImageDream) or --views, not both")
         views = Path(args.views)
         if not views.exists():
-            raise InferError(f"--views: no such file or folder: {views}")
+            raise GenerationError(f"--views: no such file or folder: {views}")
         return [Job(views.stem, "views", views)]
     jobs: list[Job] = []
     for p in map(Path, args.paths):
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            files = image_files(p)
             if not files:
-                raise InferError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise GenerationError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             jobs += [Job(f.stem, "image", f) for f in files]
         elif p.is_file():
             jobs.append(Job(p.stem, "image", p))
         else:
-            raise InferError(f"no such file or folder: {p}")
+            raise GenerationError(f"no such file or folder: {p}")
     if not jobs and args.prompt:
         jobs.append(Job(_slug(args.prompt), "prompt"))
     if not jobs:
-        raise InferError("nothing to do: give image files or folders, --prompt TEXT, or --views PATH")
-    seen: dict[str, int] = {}
-    for job in jobs:  # unique output names
-        n = seen.get(job.name, 0)
-        seen[job.name] = n + 1
-        if n:
-            job.name = f"{job.name}_{n}"
+        raise GenerationError("nothing to do: give image files or folders, --prompt TEXT, or --views PATH")
+    for job, name in zip(jobs, unique_names([j.name for j in jobs])):
+        job.name = name
     return jobs
 
 
-def read_views(path: Path):
-    """4 views from an image of 4 side by side (or stacked) or from a folder of 4 images.
+def read_inputs(jobs: list[Job]) -> None:
+    """Read every input file into its job, before any model loads: an unreadable file is an error
+    naming it, not a traceback after minutes of loading."""
+    from core.generation import read_views
 
-    -> float32 [4, H, W, 3] in [0, 1] on white (alpha composited), LGM's view order.
-    """
-    import numpy as np
-
-    from core.images import read_image
-
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if len(files) != 4:
-            raise InferError(f"--views folder {path} must hold exactly 4 images, found {len(files)}")
-        views = [read_image(f) for f in files]
-        if len({v.shape[:2] for v in views}) != 1:
-            raise InferError(f"--views: the 4 images in {path} differ in size")
-        views = np.stack([v if v.shape[-1] == 4 else np.concatenate([v, np.ones_like(v[..., :1])], -1) for v in views])
-    else:
-        img = read_image(path)
-        h, w = img.shape[:2]
-        if w == 4 * h:
-            views = np.stack(np.split(img, 4, axis=1))
-        elif h == 4 * w:
-            views = np.stack(np.split(img, 4, axis=0))
-        else:
-            raise InferError(f"--views image {path} is {w}x{h}: expected 4 square views side by side (width = 4 x height)")
-    if views.shape[-1] == 4:
-        alpha = views[..., 3:4]
-        views = views[..., :3] * alpha + (1.0 - alpha)
-    return np.ascontiguousarray(views[..., :3], dtype=np.float32)
+    for job in jobs:
+        if job.kind == "image":
+            job.image = read_image(job.path)
+        elif job.kind == "views":
+            job.image = read_views(job.path)
 
 
-# --------------------------------------------------------------------------- weights
+def settings_of(args: InferArgs):
+    """The generation and export settings of the command line, checked (GenerationError)."""
+    from core.generation import ExportSettings, Settings
+
+    settings = Settings(
+        steps=args.steps, guidance_scale=args.guidance_scale, elevation=args.elevation, seed=args.seed,
+        border_ratio=args.border_ratio, negative_prompt=args.negative_prompt,
+    ).check()
+    return settings, ExportSettings(video_frames=args.video_frames, fps=args.fps, splat=args.splat).check()
 
 
 # --------------------------------------------------------------------------- the run
 
 
 def run(args: InferArgs) -> int:
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
+    from core import generation as G
+    from core.outputs import prepare_output_dir
+    from core.preprocess import BackgroundRemover, has_alpha_mask, mask_source, prepare_image
 
-    from core.images import normalize_imagenet, read_image, write_image
-    from core.options import config_defaults
-    from core.preprocess import BackgroundRemover, has_alpha_mask, prepare_image
-    from core.weights import fetch_published_weights, load_weights
-
-    if args.preset not in config_defaults:
-        raise InferError(f"unknown preset '{args.preset}'; choose one of {', '.join(config_defaults)}")
-    opt = config_defaults[args.preset]
+    # 1. everything the user gave, checked before anything heavy is loaded
+    settings, export = settings_of(args)
+    device = G.default_device(args.device)
     jobs = collect_jobs(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    workspace = Path(args.workspace)
+    read_inputs(jobs)
+    workspace = prepare_output_dir(args.workspace, "--workspace")
 
-    # 1. every weight file this run needs, before anything heavy is loaded
-    resume = fetch_published_weights(args.resume)
-    images = {j.name: read_image(j.path) for j in jobs if j.kind == "image"}
+    # 2. every model this run needs (a missing weight file stops here, with its download command)
     remover = None
-    if any(not has_alpha_mask(img) for img in images.values()):
+    if any(j.kind == "image" and not has_alpha_mask(j.image) for j in jobs):
         remover = BackgroundRemover(args.rembg_model)
         remover.session()
     pipe = None
-    if any(j.kind in ("image", "prompt") for j in jobs):
-        from core.mvdiffusion import MVDreamPipeline, to_lgm_order
-
-        text_only = all(j.kind == "prompt" for j in jobs)
-        mv_model = args.mv_model or (DEFAULT_MVDREAM if text_only else DEFAULT_IMAGEDREAM)
+    kinds = {j.kind for j in jobs} - {"views"}
+    if kinds:
+        kind = "image" if "image" in kinds else "prompt"
+        mv_model = args.mv_model or (G.DEFAULT_IMAGEDREAM if kind == "image" else G.DEFAULT_MVDREAM)
         print(f"[infer] multi-view diffusion: {mv_model}")
-        pipe = MVDreamPipeline.from_pretrained(mv_model, torch_dtype=dtype).to(device)
-        if pipe.is_imagedream == text_only:
-            want = "an MVDream (text)" if text_only else "an ImageDream (image)"
-            raise InferError(f"--mv-model {mv_model} is not {want} model")
-
-    # 2. LGM
-    from core.models import LGM
-
-    model = LGM(opt)
-    load_weights(model, resume, strict=True, preset=args.preset)
-    model = model.to(device=device, dtype=dtype).eval()
-    rays = model.prepare_default_rays(device, elevation=args.elevation).to(dtype)  # [4, 6, H, W]
-    print(f"[infer] LGM '{args.preset}' from {resume} on {device} ({str(dtype).replace('torch.', '')})")
+        pipe = G.load_mv_pipeline(mv_model, kind, device)
+    model = G.load_lgm(args.preset, args.resume, device)
+    print(f"[infer] LGM '{args.preset}' from {model.weights_path} on {device} ({str(G.model_dtype(device)).replace('torch.', '')})")
 
     # 3. one object per job
     for k, job in enumerate(jobs, 1):
         t0 = time.perf_counter()
-        print(f"[infer] ({k}/{len(jobs)}) {job.name}")
+        print(f"[infer] ({k}/{len(jobs)}) {job.name}" + (f" <- {job.path}" if job.path else ""))
         if job.kind == "views":
-            views = read_views(job.path)  # [4, H, W, 3], LGM order
+            views = job.image  # [4, H, W, 3], LGM order
         else:
             image = None
             if job.kind == "image":
+                print(f"[infer]   {mask_source(job.image, args.rembg_model)}")
                 try:
-                    image = prepare_image(images[job.name], remover, args.border_ratio, MV_SIZE)  # [256, 256, 3]
+                    image = prepare_image(job.image, remover, settings.border_ratio, G.MV_SIZE)  # [256, 256, 3]
                 except ValueError as e:
-                    raise InferError(f"{job.path}: {e}") from e
-            mv = pipe(
-                prompt=args.prompt or "",
-                image=image,
-                negative_prompt=args.negative_prompt,
-                height=MV_SIZE,
-                width=MV_SIZE,
-                elevation=-args.elevation,  # the pipeline takes MVDream's sign (positive = from above)
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance_scale,
-                seed=args.seed,
-            )  # [4, 256, 256, 3], MVDream's frame order
-            views = to_lgm_order(mv)
-        write_image(workspace / f"{job.name}_mv.png", np.concatenate(list(views), axis=1))  # [H, 4W, 3]
-
-        x = torch.from_numpy(views).permute(0, 3, 1, 2).to(device, torch.float32)  # [4, 3, H, W]
-        x = F.interpolate(x, size=(opt.input_size, opt.input_size), mode="bilinear", align_corners=False)
-        x = torch.cat([normalize_imagenet(x).to(dtype), rays], dim=1)[None]  # [1, 4, 9, S, S]
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            gaussians = model.forward_gaussians(x).float()  # [1, N, 14]
-
-        outputs = [workspace / f"{job.name}.ply"]
-        model.gs.save_ply(gaussians, outputs[0])
-        if args.splat:
-            from core.gs import save_splat
-
-            outputs.append(workspace / f"{job.name}.splat")
-            save_splat(gaussians, outputs[-1])
-        if args.video_frames > 0:
-            from core.export import render_turntable, write_video
-
-            frames = render_turntable(
-                model.gs, gaussians, opt, num_frames=args.video_frames, elevation=args.elevation, progress=True
-            )
-            outputs.append(workspace / f"{job.name}.mp4")
-            write_video(outputs[-1], frames, fps=args.fps)
-        outputs.append(workspace / f"{job.name}_mv.png")
-        print(f"[infer]   {time.perf_counter() - t0:.1f} s -> " + ", ".join(str(p) for p in outputs))
+                    raise GenerationError(f"{job.path}: {e}") from e
+            views = G.generate_views(pipe, image=image, prompt=args.prompt or "", settings=settings)
+        gaussians = G.views_to_gaussians(model, views, elevation=settings.elevation)  # [1, N, 14]
+        files = G.export_outputs(model, gaussians, views, workspace / job.name, export, elevation=settings.elevation)
+        print(f"[infer]   {time.perf_counter() - t0:.1f} s -> " + ", ".join(str(p) for p in files.values()))
     return 0
 
 
 def main(argv=None) -> int:
-    """Parse ``argv`` (default: sys.argv[1:]), run, and return the exit code (2: missing weights or bad input)."""
+    """Parse ``argv`` (default: sys.argv[1:]), run, and return the exit code (2: missing weights,
+    bad input or unwritable outputs)."""
+    from core.outputs import OutputError
     from core.weights import WeightsError
 
     args = tyro.cli(InferArgs, args=argv, description=__doc__.split("\n\n")[0])
     try:
         return run(args)
-    except (WeightsError, InferError) as e:
+    except (WeightsError, GenerationError, ImageReadError, OutputError) as e:
         bar = "-" * 78
         print(f"\n{bar}\ninfer.py: {e}\n{bar}", file=sys.stderr)
         return 2

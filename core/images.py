@@ -12,18 +12,73 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def read_image(path) -> np.ndarray:
-    """Read an image file as float32 [H, W, C] in [0, 1] (C = 3, or 4 when it has alpha)."""
-    from PIL import Image
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-        else:
-            im = im.convert("RGB")
-        arr = np.asarray(im)
-    return arr.astype(np.float32) / 255.0
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image; the message names the file and the reason."""
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image file as float32 [H, W, C] in [0, 1] (C = 3, or 4 when it has alpha).
+
+    Every common PNG/TIFF/JPEG/WebP flavour is scaled by its own bit depth: 8- and 16-bit,
+    grayscale (+ alpha), palette (with its transparency), RGB(A), float. A camera's EXIF
+    orientation is applied. Raises :class:`ImageReadError` for a missing, truncated or non-image file.
+    """
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.format == "PNG" and _png_bit_depth(path) == 16:
+                return _read_png16(path)
+            im = ImageOps.exif_transpose(im)
+            return _pil_to_float(im)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a folder, not an image file") from None
+    except Exception as e:  # UnidentifiedImageError, truncated data, decompression bomb, ...
+        reason = "not an image file Pillow can read" if type(e).__name__ == "UnidentifiedImageError" else f"{type(e).__name__}: {e}"
+        raise ImageReadError(f"{path}: cannot read the image ({reason})") from None
+
+
+def _pil_to_float(im) -> np.ndarray:
+    """A loaded PIL image -> float32 [H, W, 3|4] in [0, 1], scaled by the mode's range."""
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grayscale (Pillow reads it as I;16 or I)
+        gray = np.asarray(im, dtype=np.float64) / 65535.0
+        return np.repeat(np.clip(gray, 0, 1)[..., None], 3, axis=-1).astype(np.float32)
+    if im.mode == "F":  # float images are taken to be in [0, 1] already
+        return np.repeat(np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None], 3, axis=-1)
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    im = im.convert("RGBA" if has_alpha else "RGB")
+    return np.asarray(im).astype(np.float32) / 255.0
+
+
+def _png_bit_depth(path: Path) -> int:
+    with open(path, "rb") as f:
+        head = f.read(26)  # 8-byte signature, IHDR length and tag, width, height, bit depth
+    return head[24] if len(head) >= 25 else 8
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """A 16-bit PNG at full precision (Pillow keeps only 8 bits of 16-bit colour)."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # uint16, BGR(A) channel order, or [H, W] gray
+    if arr is None:
+        raise ImageReadError(f"{path}: cannot decode this 16-bit PNG")
+    arr = arr.astype(np.float32) / 65535.0
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if arr.shape[-1] == 2:  # gray + alpha
+        return np.concatenate([np.repeat(arr[..., :1], 3, axis=-1), arr[..., 1:]], axis=-1)
+    order = [2, 1, 0, 3][: arr.shape[-1]]  # BGR(A) -> RGB(A)
+    return np.ascontiguousarray(arr[..., order])
 
 
 def to_uint8(img) -> np.ndarray:

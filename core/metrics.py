@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.weights import PRETRAINED_DIR, WeightsNotFoundError, offline
+from core.weights import PRETRAINED_DIR, WeightsNotFoundError, download_blocker
 
 VGG16_FILE = "vgg16-397923af.pth"
-VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
+VGG16_HOST = "download.pytorch.org"
+VGG16_URL = f"https://{VGG16_HOST}/models/{VGG16_FILE}"
 
 
 def psnr(pred: Tensor, target: Tensor, per_image: bool = False) -> Tensor:
@@ -72,14 +73,15 @@ def _load_vgg16_state() -> dict:
     path = _find_vgg16()
     if path is not None:
         return torch.load(str(path), map_location="cpu", weights_only=True)
+    blocked = download_blocker(VGG16_HOST)
     try:
-        if offline():
-            raise ConnectionError("offline mode (LGM_OFFLINE / HF_HUB_OFFLINE)")
+        if blocked:
+            raise ConnectionError(blocked)
         return torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=True)
     except Exception as e:
         raise LPIPSUnavailableError(
             f"LPIPS needs the VGG16 backbone '{VGG16_FILE}' (528 MB), which is not in {PRETRAINED_DIR}/ "
-            f"or the torch hub cache and could not be downloaded ({type(e).__name__}).\n"
+            f"or the torch hub cache and could not be downloaded ({blocked or type(e).__name__}).\n"
             f"Fetch it with `python scripts/download_weights.py --only vgg`, or turn LPIPS off "
             f"(--lambda_lpips 0 for training)."
         ) from e

@@ -1,10 +1,11 @@
 """Preparing a user's photo for ImageDream: foreground mask, recentring, white background.
 
-- An image whose alpha channel is not fully opaque is used as is (its alpha is the mask);
-  anything else goes through rembg background removal.
+- An image whose alpha channel cuts the object out (at least 1% of its pixels transparent) is
+  used as is (its alpha is the mask); anything else goes through rembg background removal.
 - rembg's model file is looked up in ``pretrained/`` first (``pretrained/<model>.onnx``), then
   where rembg keeps it (``$U2NET_HOME``, ``~/.u2net``, ``~/.rembg/models/<model>/``); it is
-  downloaded only when neither has it and offline mode (``HF_HUB_OFFLINE`` / ``LGM_OFFLINE``) is not set. A missing file raises
+  downloaded only when neither has it, offline mode (``HF_HUB_OFFLINE`` / ``LGM_OFFLINE``) is
+  not set and GitHub can be reached. A missing file raises
   ``core.weights.WeightsNotFoundError`` naming the file and ``scripts/download_weights.py``.
 - The object's bounding box is scaled to fill ``1 - border_ratio`` of a square canvas and
   centred on white.
@@ -19,14 +20,36 @@ from typing import Optional
 
 import numpy as np
 
-from core.weights import PRETRAINED_DIR, WeightsError, WeightsNotFoundError, offline
+from core.weights import PRETRAINED_DIR, WeightsError, WeightsNotFoundError, download_blocker
 
 DEFAULT_REMBG_MODEL = "u2net"
+REMBG_HOST = "github.com"  # rembg downloads its models from its GitHub releases
+
+
+MIN_TRANSPARENT_FRACTION = 0.01  # a real cut-out leaves at least 1% of the image (mostly) transparent
+
+
+def transparent_fraction(image: np.ndarray) -> float:
+    """Fraction of pixels whose alpha is below 0.5 (0 for an image without alpha)."""
+    if image.ndim != 3 or image.shape[-1] != 4:
+        return 0.0
+    return float((image[..., 3] < 0.5).mean())
 
 
 def has_alpha_mask(image: np.ndarray) -> bool:
-    """An RGBA image whose alpha is not fully opaque (so it already separates the object)."""
-    return image.ndim == 3 and image.shape[-1] == 4 and float(image[..., 3].min()) < 1.0
+    """An RGBA image whose alpha really cuts the object out: at least ``MIN_TRANSPARENT_FRACTION``
+    of its pixels are transparent. An alpha that is opaque but for a few stray pixels (exports of
+    photo editors often have some) is no mask: such an image goes through background removal."""
+    return transparent_fraction(image) >= MIN_TRANSPARENT_FRACTION
+
+
+def mask_source(image: np.ndarray, rembg_model: str = "") -> str:
+    """One line saying which path :func:`prepare_image` takes for ``image`` (for logs and the app)."""
+    frac = transparent_fraction(image)
+    if frac >= MIN_TRANSPARENT_FRACTION:
+        return f"mask from its alpha channel ({frac:.0%} transparent)"
+    why = "no alpha channel" if image.shape[-1] != 4 else f"its alpha is {frac:.2%} transparent, below {MIN_TRANSPARENT_FRACTION:.0%}"
+    return f"background removal with rembg{' ' + rembg_model if rembg_model else ''} ({why})"
 
 
 @contextlib.contextmanager
@@ -87,8 +110,9 @@ class BackgroundRemover:
 
         _rembg_session_class(self.model_name)  # unknown names fail before any download
         local = self.local_model_file()
-        if local is None and offline():
-            raise WeightsNotFoundError(self._missing("offline mode is set (HF_HUB_OFFLINE / LGM_OFFLINE), so it was not downloaded."))
+        blocked = download_blocker(REMBG_HOST) if local is None else None
+        if blocked:
+            raise WeightsNotFoundError(self._missing(f"It was not downloaded: {blocked}."))
         try:
             if local is not None and self.pretrained_dir in local.parents:
                 with _env(U2NET_HOME=self.pretrained_dir):  # rembg reads $U2NET_HOME/<model>.onnx
@@ -126,6 +150,8 @@ def recenter(rgb: np.ndarray, alpha: np.ndarray, border_ratio: float = 0.2, size
     """
     import cv2
 
+    if not 0.0 <= border_ratio < 1.0:
+        raise ValueError(f"border_ratio must be in [0, 1), got {border_ratio}")
     ys, xs = np.nonzero(alpha > 0)
     if len(ys) == 0:
         raise ValueError("no foreground found: the mask is empty")

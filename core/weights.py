@@ -33,6 +33,44 @@ def offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("LGM_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+HF_HOST = "huggingface.co"
+_reachable: dict[str, bool] = {}  # host -> reachable, probed once per process
+
+
+def _probe(host: str, timeout: float, port: int = 443) -> bool:
+    """Can a TCP connection to ``host``:``port`` be opened within ``timeout`` seconds (DNS included)?"""
+    import socket
+    import threading
+
+    result = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=connect, daemon=True)  # a hanging DNS lookup cannot block us
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def download_blocker(host: str, timeout: float = 3.0) -> Optional[str]:
+    """Why nothing can be downloaded from ``host`` now, or None when it can.
+
+    Offline mode (``LGM_OFFLINE`` / ``HF_HUB_OFFLINE``) blocks every host; otherwise the host is
+    probed once per process (at most ``timeout`` seconds), so code without network fails in
+    moments instead of waiting through a download library's retries.
+    """
+    if offline():
+        return "offline mode is set (LGM_OFFLINE / HF_HUB_OFFLINE)"
+    if host not in _reachable:
+        _reachable[host] = _probe(host, timeout)
+    return None if _reachable[host] else f"{host} cannot be reached (no network?)"
+
+
 class WeightsError(RuntimeError):
     """A weight file that cannot be used; the message says what to do."""
 
@@ -91,8 +129,9 @@ LGM_HUB_FILES = ("model_fp16_fixrot.safetensors", "model_fp16.safetensors", "mod
 
 
 def fetch_published_weights(path) -> Path:
-    """The LGM checkpoint: the given path, pretrained/<name>, or (a published file name, online)
-    the Hugging Face cache, downloading it there. Raises core.weights.WeightsNotFoundError."""
+    """The LGM checkpoint: the given path, pretrained/<name>, or (a published file name) the
+    Hugging Face cache, downloading it there when the hub can be reached.
+    Raises core.weights.WeightsNotFoundError."""
     try:
         return resolve_weights(path)
     except WeightsNotFoundError as missing:
@@ -101,11 +140,13 @@ def fetch_published_weights(path) -> Path:
             raise
         from huggingface_hub import hf_hub_download
 
+        blocked = download_blocker(HF_HOST)
         try:
-            print(f"[weights] {path} not found: fetching {name} from the Hugging Face hub ({LGM_HUB_REPO})")
-            return Path(hf_hub_download(LGM_HUB_REPO, name, local_files_only=offline()))
+            if blocked is None:
+                print(f"[weights] {path} not found: fetching {name} from the Hugging Face hub ({LGM_HUB_REPO})")
+            return Path(hf_hub_download(LGM_HUB_REPO, name, local_files_only=blocked is not None))
         except Exception as e:
-            why = "offline mode is set and it is not in the Hugging Face cache" if offline() else f"download failed ({type(e).__name__})"
+            why = f"{blocked}, and it is not in the Hugging Face cache" if blocked else f"download failed ({type(e).__name__})"
             raise WeightsNotFoundError(f"{missing}\n(Tried the hub repo {LGM_HUB_REPO}: {why}.)") from None
 
 

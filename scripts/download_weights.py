@@ -25,7 +25,9 @@ import tyro
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.weights import LGM_HUB_FILES, LGM_HUB_REPO  # noqa: E402
+from core.metrics import VGG16_HOST  # noqa: E402
+from core.preprocess import REMBG_HOST  # noqa: E402
+from core.weights import HF_HOST, LGM_HUB_FILES, LGM_HUB_REPO, download_blocker  # noqa: E402
 
 LGM_FILE = LGM_HUB_FILES[0]
 DIFFUSERS_REPOS = {
@@ -33,6 +35,7 @@ DIFFUSERS_REPOS = {
     "mvdream": ("ashawkey/mvdream-sd2.1-diffusers", "mvdream-sd2.1-diffusers"),
 }
 WHAT = ("lgm", "imagedream", "mvdream", "rembg", "vgg")
+SOURCE_HOSTS = {"lgm": HF_HOST, "imagedream": HF_HOST, "mvdream": HF_HOST, "rembg": REMBG_HOST, "vgg": VGG16_HOST}
 
 
 @dataclass
@@ -106,6 +109,11 @@ def main(argv=None) -> int:
     failed = []
     for what in args.only:
         print(f"[download] {what} ...", flush=True)
+        blocked = download_blocker(SOURCE_HOSTS[what])  # probed once per host: no minute of retries without network
+        if blocked:
+            print(f"[download] {what}: FAILED ({blocked})", file=sys.stderr)
+            failed.append(what)
+            continue
         try:
             if what == "lgm":
                 files = fetch_lgm(out)

@@ -5,6 +5,8 @@ render its other views, and report PSNR, SSIM and LPIPS per object and on averag
     python scripts/eval.py --checkpoint pretrained/model_fp16_fixrot.safetensors --data-root data/ --grids
 
 Writes <output>/metrics.json and <output>/metrics.md (and <output>/grids/<uid>.jpg with --grids).
+Each row belongs to its object; objects that cannot be evaluated (an unreadable input view, a
+broken pose) are listed as skipped, never replaced by another object.
 The preset is detected from the checkpoint unless --preset is given.
 """
 
@@ -57,6 +59,9 @@ def markdown_table(summary: dict) -> str:
         f"| **mean ({summary['num_objects']})** | | **{fmt(summary['psnr'], 2)}** | **{fmt(summary['ssim'], 4)}** | "
         f"**{fmt(summary['lpips'], 4)}** | {fmt(summary['psnr_blank'], 2)} |"
     )
+    if summary.get("skipped"):
+        lines += ["", f"Skipped {len(summary['skipped'])} object(s) that could not be evaluated:", ""]
+        lines += [f"- {s['uid']}: {s['reason']}" for s in summary["skipped"]]
     return "\n".join(lines) + "\n"
 
 
@@ -68,6 +73,7 @@ def run(args: EvalArgs) -> dict:
     from core.images import image_grid, write_image
     from core.models import LGM
     from core.options import config_defaults, replace
+    from core.outputs import prepare_output_dir
     from core.weights import WeightsError, guess_preset, load_weights, read_state_dict
 
     preset = args.preset or guess_preset(read_state_dict(args.checkpoint))
@@ -79,12 +85,12 @@ def run(args: EvalArgs) -> dict:
         config_defaults[preset], dataset="folder", data_root=args.data_root, data_list=args.data_list,
         input_view_ids=args.input_view_ids, renderer="auto",
     )
-    dataset = FolderDataset(opt, "all", all_views=True)
+    out_dir = prepare_output_dir(args.output, "--output")
+    dataset = FolderDataset(opt, "all", all_views=True)  # objects whose inputs cannot be read: dataset.skipped
     model = LGM(opt).to(args.device).eval()
     load_weights(model, args.checkpoint, strict=True, preset=preset)
     lpips_net = T.try_build_lpips(args.device) if args.lpips else None
 
-    out_dir = Path(args.output)
     rows = []
     for i in tqdm(range(len(dataset)), desc="eval", unit="object"):
         data = T.collate([dataset[i]])
@@ -97,8 +103,10 @@ def run(args: EvalArgs) -> dict:
             grid = image_grid([T.input_rgb(data["input"][0]), data["images_output"][0, n_in:], pred[0]])
             write_image(out_dir / "grids" / f"{row['uid']}.jpg", grid)
     summary = T.summarize(rows)
-    summary.update(checkpoint=str(args.checkpoint), preset=preset, data_root=str(args.data_root))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    summary.update(
+        checkpoint=str(args.checkpoint), preset=preset, data_root=str(args.data_root),
+        skipped=[{"uid": uid, "reason": why} for uid, why in dataset.skipped],
+    )
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "metrics.md").write_text(markdown_table(summary))
     return summary
@@ -108,12 +116,13 @@ def main() -> int:
     import tyro
 
     from core.datasets.folder import FolderDatasetError
+    from core.outputs import OutputError
     from core.weights import WeightsError
 
     args = tyro.cli(EvalArgs, description=__doc__)
     try:
         summary = run(args)
-    except (FolderDatasetError, WeightsError) as e:
+    except (FolderDatasetError, WeightsError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown_table(summary))

@@ -83,14 +83,42 @@ def test_corrupt_view_is_skipped_and_counted(folder):
 
 
 def test_missing_pose_and_too_few_views(folder):
-    (folder / "obj_b" / "pose" / "000.txt").unlink()
+    (folder / "obj_b" / "pose" / "005.txt").unlink()  # a supervision view: left out
     for i in range(1, 6):
         (folder / "obj_c" / "rgb" / f"{i:03d}.png").unlink()
     opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=0)
     with pytest.warns(UserWarning, match="obj_c"):
         ds = FolderDataset(opt, "train")
     assert [r.uid for r in ds.records] == ["obj_a", "obj_b"]
-    assert len(ds.records[1].views) == 5 and ds.counts["bad_views"] >= 6
+    assert len(ds.records[1].usable(range(6))) == 5 and ds.counts["bad_views"] == 6
+
+
+@pytest.mark.parametrize("bad_pose", ["15 numbers", "nan"])
+def test_a_bad_input_pose_never_shifts_another_view_into_its_place(folder, bad_pose):
+    """obj_a's input view 002 has a broken pose: the object is skipped (and said so), instead of
+    view 004 silently becoming input view 2 at the wrong camera."""
+    pose = folder / "obj_a" / "pose" / "002.txt"
+    values = pose.read_text().split()
+    pose.write_text(" ".join(values[:15]) if bad_pose == "15 numbers" else " ".join(["nan"] + values[1:]))
+    opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=0)
+    with pytest.warns(UserWarning) as record:
+        ds = FolderDataset(opt, "train")
+    message = "\n".join(str(w.message) for w in record)
+    assert "002.txt" in message and "obj_a" in message and "1 unusable view(s), 1 skipped object(s)" in message
+    assert [r.uid for r in ds.records] == ["obj_b", "obj_c"]
+
+
+def test_a_bad_supervision_pose_keeps_every_view_at_its_camera(folder):
+    """A broken pose among supervision views only removes that view; the rest keep their cameras."""
+    (folder / "obj_a" / "pose" / "004.txt").write_text("1 2 3")
+    opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=0, input_view_ids=(0, 1, 2, 3))
+    with pytest.warns(UserWarning, match="004.txt"):
+        ds = FolderDataset(opt, "all", all_views=True)
+    item = ds[0]
+    assert item["uid"] == "obj_a" and item["cam_pos"].shape[0] == 5  # views 0-3, 5
+    expected = {0: (0, 0, R), 1: (R, 0, 0), 2: (0, 0, -R), 3: (-R, 0, 0), 5: (R, 0, 0)}  # azimuth 90 i
+    for row, vid in enumerate([0, 1, 2, 3, 5]):
+        assert torch.allclose(item["cam_pos"][row], torch.tensor(expected[vid], dtype=torch.float32), atol=1e-5)
 
 
 def test_empty_root_is_a_clear_error(tmp_path):
@@ -113,3 +141,21 @@ def test_transforms_json(tmp_path):
     opt = micro_options(data_root=str(tmp_path), num_views=5, num_eval_objects=0)
     item = FolderDataset(opt, "train")[0]
     assert torch.allclose(item["cam_pos"][1], torch.tensor([R, 0.0, 0.0]), atol=1e-5)
+
+
+def test_16_bit_renders_are_read_at_their_scale(folder):
+    """A 16-bit RGBA render (as Blender writes with 16-bit colour depth) gives the same item as its
+    8-bit twin, not a blank white one."""
+    from test_images import PNG_RGBA, write_png
+
+    rgb_dir = folder / "obj_a" / "rgb"
+    for png in sorted(rgb_dir.glob("*.png")):
+        rgba8 = np.asarray(Image.open(png))
+        write_png(png, rgba8.astype(np.uint16) * 257, PNG_RGBA)  # 257 * v: the exact 16-bit twin of v
+    opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=0)
+    item16 = FolderDataset(opt, "all", all_views=True)[0]
+    write_object(folder, "obj_a")  # the 8-bit originals again
+    item8 = FolderDataset(opt, "all", all_views=True)[0]
+    assert item16["images_output"].min() < 0.5  # not blank
+    torch.testing.assert_close(item16["images_output"], item8["images_output"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(item16["masks_output"], item8["masks_output"], atol=1e-6, rtol=0)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, micro_options
+from core.generation import GenerationError, read_views
 from core.images import read_image, write_image
 from core.preprocess import BackgroundRemover, has_alpha_mask, prepare_image, recenter
 from core.weights import WeightsNotFoundError
@@ -128,9 +129,10 @@ def test_views_skip_diffusion(assets, tmp_path, offline):
 
 def test_missing_checkpoint_offline_exits_2_without_traceback(tmp_path):
     missing = tmp_path / "nowhere" / "model_fp16_fixrot.safetensors"
+    write_image(tmp_path / "four.png", np.ones((8, 32, 3), np.float32))
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "infer.py"), "--views", str(tmp_path), "--resume", str(missing)],
+        [sys.executable, str(ROOT / "infer.py"), "--views", str(tmp_path / "four.png"), "--resume", str(missing)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
@@ -190,11 +192,11 @@ def test_read_views_side_by_side_and_folder(tmp_path):
     for i, v in enumerate(views):
         rgba = np.concatenate([v, np.full_like(v[..., :1], 0.5)], axis=-1)  # half transparent
         write_image(tmp_path / "four" / f"{i:03d}.png", rgba)
-    np.testing.assert_allclose(infer.read_views(tmp_path / "row.png"), views, atol=1 / 255)
-    np.testing.assert_allclose(infer.read_views(tmp_path / "four"), views * 0.5 + 0.5, atol=2 / 255)
+    np.testing.assert_allclose(read_views(tmp_path / "row.png"), views, atol=1 / 255)
+    np.testing.assert_allclose(read_views(tmp_path / "four"), views * 0.5 + 0.5, atol=2 / 255)
     write_image(tmp_path / "bad.png", np.zeros((16, 40, 3)))
-    with pytest.raises(infer.InferError, match="side by side"):
-        infer.read_views(tmp_path / "bad.png")
+    with pytest.raises(GenerationError, match="side by side"):
+        read_views(tmp_path / "bad.png")
 
 
 def test_recenter_hand_values():
@@ -245,3 +247,132 @@ def test_background_remover_prefers_the_file_in_pretrained(tmp_path, offline):
     assert remover.local_model_file() == tmp_path / "u2net.onnx"
     with pytest.raises(WeightsError, match="Could not load the background-removal model"):
         remover.session()
+
+
+# --------------------------------------------------------------------------- bad input (issue 9)
+
+
+def test_unique_names_never_reuse_a_name_or_another_inputs_name():
+    from core.generation import unique_names
+
+    assert unique_names(["same", "same", "same_1"]) == ["same", "same_2", "same_1"]
+    assert unique_names(["a", "a", "a", "a_2"]) == ["a", "a_1", "a_3", "a_2"]
+    names = unique_names(["x", "x_1", "x", "x", "x_1"])
+    assert len(set(names)) == 5 and names[:2] == ["x", "x_1"]
+
+
+def test_name_clash_processes_every_input_once(assets, tmp_path, offline, monkeypatch):
+    """a/same.png b/same.png a/same_1.png: three inputs, three outputs, each from its own input."""
+    import core.generation
+
+    colours = {"a/same.png": (0.9, 0.1, 0.1), "b/same.png": (0.1, 0.9, 0.1), "a/same_1.png": (0.1, 0.1, 0.9)}
+    for rel, colour in colours.items():
+        img = np.zeros((32, 32, 4), np.float32)
+        img[8:24, 8:24] = (*colour, 1.0)  # a coloured square on a transparent background
+        write_image(tmp_path / rel, img)
+    # the diffusion model is replaced by one that shows its input: the views are the prepared image
+    monkeypatch.setattr(core.generation, "generate_views", lambda pipe, image=None, **kw: np.stack([image] * 4))
+    ws = tmp_path / "ws"
+    code = run_main(
+        *(tmp_path / rel for rel in colours), "--preset", PRESET, "--resume", assets["ckpt"],
+        "--mv-model", assets["imagedream"], "--workspace", ws, "--video-frames", 0,
+    )
+    assert code == 0
+    expected = {"same": colours["a/same.png"], "same_2": colours["b/same.png"], "same_1": colours["a/same_1.png"]}
+    for name, colour in expected.items():
+        views = read_image(ws / f"{name}_mv.png")
+        np.testing.assert_allclose(views[128, 128], colour, atol=2 / 255)
+        assert (ws / f"{name}.ply").is_file()
+
+
+def test_16_bit_views_are_not_blank(assets, tmp_path, offline):
+    from test_images import PNG_RGB, write_png
+
+    ramp = np.linspace(0.1, 0.9, 4)
+    views16 = np.concatenate([np.full((32, 32, 3), v) for v in ramp], axis=1)  # [32, 128, 3]
+    write_png(tmp_path / "four16.png", np.round(views16 * 65535).astype(np.uint16), PNG_RGB)
+    ws = tmp_path / "ws"
+    assert run_main("--views", tmp_path / "four16.png", "--preset", PRESET, "--resume", assets["ckpt"],
+                    "--workspace", ws, "--video-frames", 0) == 0
+    np.testing.assert_allclose(read_image(ws / "four16_mv.png"), views16, atol=1 / 255)
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--steps", "0"], "steps must be at least 1"),
+        (["--steps", "-1"], "steps must be at least 1"),
+        (["--video-frames", "-1"], "video frames must be >= 0"),
+        (["--border-ratio", "1"], "border ratio must be in [0, 1)"),
+        (["--border-ratio", "-0.1"], "border ratio must be in [0, 1)"),
+        (["--fps", "0"], "fps must be at least 1"),
+        (["--elevation", "95"], "elevation must be between -90 and 90"),
+    ],
+)
+def test_invalid_numbers_stop_before_any_model_loads(assets, tmp_path, offline, monkeypatch, capsys, flags, words):
+    import core.generation
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(core.generation, "load_lgm", refuse)
+    monkeypatch.setattr(core.generation, "load_mv_pipeline", refuse)
+    code = run_main(assets["image"], "--preset", PRESET, "--resume", assets["ckpt"], "--workspace", tmp_path / "ws", *flags)
+    err = capsys.readouterr().err
+    assert code == 2 and words in err
+    assert "Traceback" not in err and len(err.splitlines()) < 10
+
+
+def test_unreadable_inputs_and_bad_workspace_are_one_screen_errors(assets, tmp_path, offline, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    common = ["--preset", PRESET, "--resume", assets["ckpt"], "--mv-model", assets["imagedream"]]
+    assert run_main(tmp_path / "notes.png", *common, "--workspace", tmp_path / "ws") == 2
+    assert "notes.png" in capsys.readouterr().err
+    assert run_main("--views", tmp_path / "notes.png", *common, "--workspace", tmp_path / "ws") == 2
+    assert "notes.png" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    for ws in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        assert run_main(assets["image"], *common, "--workspace", ws, "--video-frames", 0) == 2
+        err = capsys.readouterr().err
+        assert "--workspace" in err and str(ws) in err and "Traceback" not in err
+
+
+def test_nearly_opaque_alpha_is_no_cut_out():
+    """An RGBA image whose alpha is opaque but for one pixel keeps its background unless removed."""
+    from core.preprocess import mask_source
+
+    img = np.ones((64, 64, 4), np.float32)
+    img[..., :3] = 0.3
+    img[0, 0, 3] = 0.0
+    assert not has_alpha_mask(img)
+    assert "rembg" in mask_source(img)
+
+    class Remover:
+        calls = 0
+
+        def __call__(self, image):
+            Remover.calls += 1
+            out = np.zeros((64, 64, 4), np.float32)
+            out[16:48, 16:48] = (0.3, 0.3, 0.3, 1.0)
+            return out
+
+    out = prepare_image(img, Remover(), border_ratio=0.2, size=64)
+    assert Remover.calls == 1
+    np.testing.assert_allclose(out[1, 1], 1.0)  # the removed background is white now
+    cut = img.copy()
+    cut[:, :8, 3] = 0.0  # 12.5% transparent: a real cut-out
+    assert has_alpha_mask(cut) and "alpha channel" in mask_source(cut)
+
+
+def test_clip_input_is_truncated_like_the_published_pipeline():
+    from core.mvdiffusion.pipeline import clip_input_uint8
+    from core.mvdiffusion.tiny import build_tiny_pipeline
+
+    k = np.arange(256 * 3, dtype=np.float32).reshape(16, 16, 3) % 255
+    image = (k + 0.7) / 255.0  # off the 8-bit grid: rounding would give k + 1
+    np.testing.assert_array_equal(clip_input_uint8(image), k.astype(np.uint8))
+    pipe = build_tiny_pipeline(imagedream=True)
+    got = pipe.encode_image(image)
+    pixels = pipe.feature_extractor(images=(image * 255).astype(np.uint8), return_tensors="pt").pixel_values
+    want = pipe.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(got, want)

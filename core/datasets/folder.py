@@ -12,9 +12,11 @@ or, per object, a NeRF-synthetic / nerfstudio ``<root>/<uid>/transforms.json`` w
 
 Poses are converted to our y-up world and OpenGL camera axes, and all translations of an object
 are scaled so that its median camera distance equals ``cam_radius`` (renders made at radius 1.5
-with the default options are left as they are). Missing or unreadable views are skipped and
-counted; an object with too few views is skipped with a warning; a dataset with no usable object
-is a :class:`FolderDatasetError`.
+with the default options are left as they are). Views keep their file positions: a view with a
+bad pose or a missing file is never replaced by another one among the inputs. An object whose
+input views are unusable is skipped; unusable supervision views are left out. What was skipped
+is reported once (count and first paths); a dataset with no usable object is a
+:class:`FolderDatasetError`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch.utils.data import Dataset
 
 from core.cameras import blender_to_opengl, zup_to_yup
 from core.datasets.common import make_item
-from core.images import read_image
+from core.images import ImageReadError, read_image
 from core.options import Options
 
 
@@ -44,42 +46,51 @@ class FolderDatasetError(ValueError):
 @dataclass
 class View:
     image: Path
-    c2w: Tensor  # [4, 4] OpenGL camera axes, our y-up world, unscaled
+    c2w: Optional[Tensor]  # [4, 4] OpenGL camera axes, our y-up world, unscaled; None when unusable
+    problem: Optional[str] = None  # why the view cannot be used (bad pose, missing file)
 
 
 @dataclass
 class ObjectRecord:
     uid: str
-    views: list[View]
+    views: list[View]  # every view slot in file order, broken ones included: indices never shift
     fovy: Optional[float] = None  # from transforms.json, when it says
+
+    def usable(self, ids) -> list[int]:
+        return [i for i in ids if self.views[i].problem is None]
 
 
 def read_pose_txt(path: Path) -> Tensor:
     """A 16-float pose file (Blender world, OpenCV camera) -> [4, 4] OpenGL c2w in our world."""
     values = np.array(path.read_text().split(), dtype=np.float64)
     if values.size != 16 or not np.isfinite(values).all():
-        raise ValueError(f"{path}: expected 16 finite numbers, found {values.size}")
+        what = f"{values.size} numbers" if values.size != 16 else "a NaN or infinite number"
+        raise ValueError(f"expected 16 finite numbers, found {what}")
     c2w = torch.from_numpy(values.reshape(4, 4)).float()
     if not torch.allclose(c2w[3], torch.tensor([0.0, 0.0, 0.0, 1.0]), atol=1e-4):
-        raise ValueError(f"{path}: last row is not 0 0 0 1")
+        raise ValueError("last row is not 0 0 0 1")
     return blender_to_opengl(c2w)
 
 
-def _scan_folder_object(obj_dir: Path, counts: dict) -> Optional[ObjectRecord]:
+def _scan_folder_object(obj_dir: Path) -> ObjectRecord:
+    """One slot per view name found in rgb/ or pose/ (sorted), so a broken view keeps its place."""
+    stems = sorted({p.stem for p in (obj_dir / "rgb").glob("*.png")} | {p.stem for p in (obj_dir / "pose").glob("*.txt")})
     views = []
-    for png in sorted((obj_dir / "rgb").glob("*.png")):
-        pose = obj_dir / "pose" / (png.stem + ".txt")
-        try:
-            views.append(View(png, read_pose_txt(pose)))
-        except (OSError, ValueError):
-            counts["bad_views"] += 1
-    for pose in (obj_dir / "pose").glob("*.txt"):
-        if not (obj_dir / "rgb" / (pose.stem + ".png")).exists():
-            counts["bad_views"] += 1
+    for stem in stems:
+        png, pose = obj_dir / "rgb" / f"{stem}.png", obj_dir / "pose" / f"{stem}.txt"
+        if not png.is_file():
+            views.append(View(png, None, "image file missing"))
+        elif not pose.is_file():
+            views.append(View(png, None, f"pose file {pose} missing"))
+        else:
+            try:
+                views.append(View(png, read_pose_txt(pose)))
+            except (OSError, ValueError) as e:
+                views.append(View(png, None, f"pose {pose}: {e}"))
     return ObjectRecord(obj_dir.name, views)
 
 
-def _scan_transforms_object(obj_dir: Path, counts: dict) -> Optional[ObjectRecord]:
+def _scan_transforms_object(obj_dir: Path) -> ObjectRecord:
     meta = json.loads((obj_dir / "transforms.json").read_text())
     fovy = None
     if "fl_y" in meta and "h" in meta:
@@ -87,43 +98,78 @@ def _scan_transforms_object(obj_dir: Path, counts: dict) -> Optional[ObjectRecor
     elif "camera_angle_x" in meta:  # square NeRF-synthetic renders: vertical = horizontal fov
         fovy = math.degrees(meta["camera_angle_x"])
     views = []
-    for frame in meta.get("frames", []):
-        path = obj_dir / frame["file_path"]
+    for k, frame in enumerate(meta.get("frames", [])):
+        path = obj_dir / str(frame.get("file_path", f"<frame {k} has no file_path>"))
         if path.suffix == "":
             path = path.with_suffix(".png")
         try:
             m = torch.tensor(frame["transform_matrix"], dtype=torch.float32)
-            if m.shape != (4, 4) or not torch.isfinite(m).all() or not path.exists():
-                raise ValueError
-        except (KeyError, ValueError, TypeError):
-            counts["bad_views"] += 1
+            if m.shape != (4, 4) or not torch.isfinite(m).all():
+                raise ValueError("transform_matrix is not a finite 4x4 matrix")
+            if not path.is_file():
+                raise ValueError("image file missing")
+        except (KeyError, ValueError, TypeError) as e:
+            reason = "no transform_matrix" if isinstance(e, KeyError) else str(e) or "bad transform_matrix"
+            views.append(View(path, None, f"transforms.json frame {k}: {reason}"))
             continue
         views.append(View(path, zup_to_yup(m)))  # Blender world + OpenGL camera: only the world changes
     return ObjectRecord(obj_dir.name, views, fovy)
 
 
-def scan_objects(root: Path, uids: list[str], min_views: int) -> tuple[list[ObjectRecord], dict]:
-    counts = {"bad_views": 0, "skipped_objects": 0}
+def input_ids(opt: Options) -> list[int]:
+    return list(opt.input_view_ids) if opt.input_view_ids else list(range(opt.num_input_views))
+
+
+def scan_objects(root: Path, uids: list[str], opt: Options) -> tuple[list[ObjectRecord], dict]:
+    """Objects whose input views all have a pose and an image file, and that have at least one
+    supervision view; the rest are skipped. Returns (records, report) where report holds
+    ``bad_views`` (count), ``skipped_objects`` (count) and ``problems`` ([(what, why)], all of them)."""
+    report = {"bad_views": 0, "skipped_objects": 0, "problems": []}
+    inputs = input_ids(opt)
     records = []
     for uid in uids:
         obj_dir = root / uid
         try:
             if (obj_dir / "transforms.json").is_file():
-                rec = _scan_transforms_object(obj_dir, counts)
+                rec = _scan_transforms_object(obj_dir)
             elif (obj_dir / "rgb").is_dir():
-                rec = _scan_folder_object(obj_dir, counts)
+                rec = _scan_folder_object(obj_dir)
             else:
                 rec = None
+                why = "no rgb/ folder and no transforms.json"
         except (OSError, ValueError, json.JSONDecodeError) as e:
-            warnings.warn(f"skipping object {uid}: {e}")
-            rec = None
-        if rec is None or len(rec.views) < min_views:
-            n = 0 if rec is None else len(rec.views)
-            warnings.warn(f"skipping object {uid}: {n} usable views, need at least {min_views}")
-            counts["skipped_objects"] += 1
-            continue
-        records.append(rec)
-    return records, counts
+            rec, why = None, f"{type(e).__name__}: {e}"
+        if rec is not None:
+            bad = [v for v in rec.views if v.problem is not None]
+            report["bad_views"] += len(bad)
+            report["problems"] += [(str(v.image), v.problem) for v in bad]
+            broken_inputs = [i for i in inputs if i >= len(rec.views) or rec.views[i].problem is not None]
+            supervision = rec.usable(i for i in range(len(rec.views)) if i not in inputs)
+            if broken_inputs:
+                why = f"input view(s) {broken_inputs} missing or unusable"
+            elif not supervision:
+                why = "no usable supervision view besides the inputs"
+            else:
+                records.append(rec)
+                continue
+        report["skipped_objects"] += 1
+        report["problems"].append((f"object {uid}", f"skipped: {why}"))
+    return records, report
+
+
+def report_problems(report: dict, root: Path, limit: int = 5) -> None:
+    """One warning for the whole dataset: what was skipped, with the first few paths."""
+    problems = report["problems"]
+    if not problems:
+        return
+    lines = [f"  {what}: {why}" for what, why in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more")
+    warnings.warn(
+        f"folder dataset {root}: {report['bad_views']} unusable view(s), {report['skipped_objects']} skipped "
+        f"object(s):\n" + "\n".join(lines),
+        stacklevel=3,
+    )
 
 
 def list_uids(root: Path, data_list: Optional[str]) -> list[str]:
@@ -139,8 +185,12 @@ class FolderDataset(Dataset):
     """Posed renders on disk.
 
     split: 'train', 'eval' (the last ``num_eval_objects`` uids) or 'all'. all_views: supervise
-    with every non-input view of an object, in file order, instead of ``num_views - 4`` of them
-    (for scripts/eval.py; objects then differ in view count, so use batch size 1).
+    with every usable non-input view of an object, in file order, instead of ``num_views - 4`` of
+    them (for scripts/eval.py; objects then differ in view count, so use batch size 1).
+
+    A view is never replaced by another at a different camera among the inputs: an object whose
+    input view is broken is skipped (training: another object is drawn instead; evaluation
+    splits check their input images up front and list unusable objects in ``self.skipped``).
     """
 
     def __init__(self, opt: Options, split: str = "train", all_views: bool = False):
@@ -155,14 +205,16 @@ class FolderDataset(Dataset):
         n_in = opt.num_input_views
         if opt.input_view_ids is not None and len(opt.input_view_ids) != n_in:
             raise FolderDatasetError(f"input_view_ids needs {n_in} indices, got {opt.input_view_ids}")
-        min_views = max(n_in + 1, (max(opt.input_view_ids) + 1) if opt.input_view_ids else 0)
         uids = list_uids(root, opt.data_list)
-        records, self.counts = scan_objects(root, uids, min_views)
+        records, self.counts = scan_objects(root, uids, opt)
+        if split != "eval":  # the eval split scans the same folder: report once, from the other one
+            report_problems(self.counts, root)
         if not records:
             raise FolderDatasetError(
                 f"no usable object under {root}: {len(uids)} uids listed, {self.counts['skipped_objects']} skipped, "
-                f"{self.counts['bad_views']} missing or unreadable views. Expected <uid>/rgb/NNN.png with "
-                f"<uid>/pose/NNN.txt, or <uid>/transforms.json, and at least {min_views} views per object."
+                f"{self.counts['bad_views']} missing or unusable views. Expected <uid>/rgb/NNN.png with "
+                f"<uid>/pose/NNN.txt, or <uid>/transforms.json, with input views {input_ids(opt)} usable and at "
+                f"least one more view per object."
             )
         n_eval = min(opt.num_eval_objects, len(records) - 1) if len(records) > 1 else 0
         if split == "all":
@@ -171,9 +223,27 @@ class FolderDataset(Dataset):
             self.records = records[len(records) - n_eval:] if n_eval else records[-1:]
         else:
             self.records = records[: len(records) - n_eval] if n_eval else records
+        self.skipped: list[tuple[str, str]] = [(w[len("object "):], why) for w, why in self.counts["problems"] if w.startswith("object ")]
+        self._unreadable_reported = 0
+        if split != "train":
+            self._drop_unreadable_inputs()
         for rec in self.records:
             if rec.fovy is not None and abs(rec.fovy - opt.fovy) > 0.5:
                 warnings.warn(f"object {rec.uid} was rendered with fovy {rec.fovy:.1f}, the model uses {opt.fovy}")
+
+    def _drop_unreadable_inputs(self) -> None:
+        """Evaluation: an object whose input image cannot be read is listed as skipped, never
+        replaced by another object (its scores would be filed under the wrong name)."""
+        kept = []
+        for rec in self.records:
+            bad = next((rec.views[i].image for i in input_ids(self.opt) if self._read(rec.views[i]) is None), None)
+            if bad is None:
+                kept.append(rec)
+            else:
+                self.skipped.append((rec.uid, f"input view {bad} cannot be read"))
+        if not kept:
+            raise FolderDatasetError(f"no object under {self.root} has readable input views: {self.skipped[:3]}")
+        self.records = kept
 
     def __len__(self) -> int:
         return len(self.records)
@@ -185,40 +255,49 @@ class FolderDataset(Dataset):
         return torch.Generator().manual_seed(((self.opt.seed * 1_000_003 + self.epoch) * 1_000_003 + index) * 7 + salt)
 
     def _choose_views(self, rec: ObjectRecord, index: int) -> list[int]:
-        """Input view ids first, then supervision views (random for training, fixed for eval)."""
-        n_in, n = self.opt.num_input_views, len(rec.views)
-        inputs = list(self.opt.input_view_ids) if self.opt.input_view_ids else list(range(n_in))
-        rest = [i for i in range(n) if i not in inputs]
+        """Input view ids first, then usable supervision views (random for training, file order otherwise)."""
+        inputs = input_ids(self.opt)
+        rest = rec.usable(i for i in range(len(rec.views)) if i not in inputs)
         if self.split == "train":
             rest = [rest[i] for i in torch.randperm(len(rest), generator=self._generator(index, 1)).tolist()]
         if self.all_views:
             return inputs + rest
-        need = self.opt.num_views - n_in
+        need = self.opt.num_views - len(inputs)
         others = (rest * (need // max(len(rest), 1) + 1))[:need]  # repeat views when an object has few
         return inputs + others
 
     def __getitem__(self, index: int) -> dict:
+        if self.split != "train":  # no stand-ins in evaluation
+            item = self._load(self.records[index], index)
+            if item is None:
+                raise FolderDatasetError(f"object {self.records[index].uid}: an input view became unreadable")
+            return item
         for attempt in range(len(self.records)):
-            rec = self.records[(index + attempt) % len(self.records)]
-            item = self._load(rec, (index + attempt) % len(self.records))
+            k = (index + attempt) % len(self.records)
+            item = self._load(self.records[k], k)
             if item is not None:
                 return item
         raise FolderDatasetError(f"every object under {self.root} has unreadable input views")
 
     def _load(self, rec: ObjectRecord, index: int) -> Optional[dict]:
+        """The item of one object, or None when one of its input images cannot be read. An
+        unreadable supervision view is replaced by an unused one (training), or by repeating a
+        good one when none is left; with ``all_views`` it is left out."""
         ids = self._choose_views(rec, index)
-        spare = [i for i in range(len(rec.views)) if i not in ids]
+        n_in = self.opt.num_input_views
+        spare = [i for i in rec.usable(range(len(rec.views))) if i not in ids]
         images, poses = [], []
         for k, vid in enumerate(ids):
             img = self._read(rec.views[vid])
-            while img is None and k >= self.opt.num_input_views and spare:  # replace a bad supervision view
+            while img is None and k >= n_in and spare and not self.all_views:
                 vid = spare.pop()
                 img = self._read(rec.views[vid])
-            if img is None and k >= self.opt.num_input_views:  # none left: repeat a good view
-                img, pose = images[-1], poses[-1]
-            elif img is None:
-                warnings.warn(f"object {rec.uid}: unreadable input view {rec.views[vid].image}; using another object")
+            if img is None and k < n_in:
                 return None
+            if img is None and self.all_views:
+                continue
+            if img is None:  # none left: repeat a good supervision view (or the last input)
+                img, pose = images[-1], poses[-1]
             else:
                 pose = rec.views[vid].c2w
             images.append(img)
@@ -234,12 +313,16 @@ class FolderDataset(Dataset):
         return item
 
     def _read(self, view: View) -> Optional[np.ndarray]:
+        """The view's image, or None (counted; the first few paths are reported) when unreadable."""
         try:
-            img = read_image(view.image)
-        except Exception:  # truncated or corrupt file: count and skip
+            return read_image(view.image)
+        except ImageReadError as e:
             self.counts["bad_views"] += 1
+            self._unreadable_reported += 1
+            if self._unreadable_reported <= 3:
+                more = " (further unreadable views are counted, not listed)" if self._unreadable_reported == 3 else ""
+                warnings.warn(f"folder dataset: {e}{more}")
             return None
-        return img
 
 
 def _to_rgba(img: np.ndarray, size: int) -> Tensor:

@@ -30,7 +30,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from core.cameras import orbit_camera, yup_to_zup
-from core.images import to_uint8
 from core.mvdiffusion.unet import MultiViewUNetModel
 
 # published diffusers folders: folder name in pretrained/ -> hub id, and how to fetch each
@@ -66,6 +65,12 @@ def mvdream_cameras(num_frames: int = 4, elevation: float = 0.0, extra_view: boo
     if extra_view:
         cams = torch.cat([cams, torch.zeros(1, 16)], dim=0)
     return cams
+
+
+def clip_input_uint8(image: np.ndarray) -> np.ndarray:
+    """ImageDream's image prompt as the CLIP processor gets it: [H, W, 3+] float in [0, 1] ->
+    uint8 [H, W, 3], truncated like the published pipeline's ``(x * 255).astype(np.uint8)``."""
+    return (np.clip(np.asarray(image[..., :3], dtype=np.float32), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def to_lgm_order(views):
@@ -138,7 +143,8 @@ def resolve_pipeline_folder(name_or_path: Union[str, os.PathLike], local_files_o
     An existing folder is used as is. A missing ``.../imagedream-ipmv-diffusers`` or
     ``.../mvdream-sd2.1-diffusers`` falls back to its published hub repo; anything shaped
     ``owner/name`` that is not a folder is a hub id. Hub repos come from the HF cache, downloaded
-    unless offline (``HF_HUB_OFFLINE=1`` / ``LGM_OFFLINE=1`` or ``local_files_only``). Raises
+    unless offline (``HF_HUB_OFFLINE=1`` / ``LGM_OFFLINE=1``, ``local_files_only``, or the hub
+    unreachable: see :func:`core.weights.download_blocker`). Raises
     ``core.weights.WeightsNotFoundError`` naming the folder and the download command.
     """
     path = Path(name_or_path).expanduser()
@@ -151,14 +157,20 @@ def resolve_pipeline_folder(name_or_path: Union[str, os.PathLike], local_files_o
         repo_id = str(name_or_path)
     if repo_id is None:
         raise _weights_error(_missing_message(str(name_or_path)))
+    blocked = None
     if local_files_only is None:
-        from core.weights import offline
+        from core.weights import HF_HOST, download_blocker
 
-        local_files_only = offline()
+        blocked = download_blocker(HF_HOST)
+        local_files_only = blocked is not None
     try:
         folder = download_diffusers_repo(repo_id, local_files_only=local_files_only)
     except Exception as e:  # offline, unknown repo, no network, ...
-        where = "offline and not in the Hugging Face cache" if local_files_only else f"download failed ({type(e).__name__})"
+        where = (
+            f"{blocked or 'local files only'}, and it is not in the Hugging Face cache"
+            if local_files_only
+            else f"download failed ({type(e).__name__})"
+        )
         raise _weights_error(_missing_message(str(name_or_path), f"Tried the hub repo {repo_id}: {where}.")) from e
     if not (folder / "model_index.json").is_file():
         raise _weights_error(_missing_message(str(name_or_path), f"{repo_id} has no model_index.json."))
@@ -289,8 +301,13 @@ class MVDreamPipeline(DiffusionPipeline):
         return self.text_encoder(ids.to(self._execution_device))[0].to(self.unet.dtype)
 
     def encode_image(self, image: np.ndarray) -> Tensor:
-        """ImageDream: [H, W, 3] float in [0, 1] -> CLIP penultimate-layer features [1, N, D]."""
-        pixels = self.feature_extractor(images=to_uint8(image[..., :3]), return_tensors="pt").pixel_values
+        """ImageDream: [H, W, 3] float in [0, 1] -> CLIP penultimate-layer features [1, N, D].
+
+        The image goes to the CLIP processor as 8 bits truncated (``x * 255`` cast to uint8), as
+        in the published ImageDream pipeline the weights were used with; rounding instead moves
+        the features by up to 0.16 for images off the 8-bit grid.
+        """
+        pixels = self.feature_extractor(images=clip_input_uint8(image), return_tensors="pt").pixel_values
         pixels = pixels.to(self._execution_device, self.image_encoder.dtype)  # [1, 3, S, S]
         return self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2].to(self.unet.dtype)
 

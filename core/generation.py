@@ -1,0 +1,276 @@
+"""From an image, a prompt or 4 views to 3D Gaussians and their exports: the steps ``infer.py`` and
+``scripts/app.py`` both call.
+
+    model = load_lgm("big", "pretrained/model_fp16_fixrot.safetensors", device)
+    pipe = load_mv_pipeline(DEFAULT_IMAGEDREAM, "image", device)
+    image = prepare_image(read_image("photo.png"), BackgroundRemover(), border_ratio=0.2)
+    views = generate_views(pipe, image=image, settings=Settings(steps=30))   # [4, 256, 256, 3]
+    gaussians = views_to_gaussians(model, views)                             # [1, N, 14]
+    files = export_outputs(model, gaussians, views, "out/photo", ExportSettings())
+
+Every user mistake (bad numbers, unreadable files, views of the wrong shape, a model of the wrong
+kind) raises :class:`GenerationError` (or an ``ImageReadError`` / ``WeightsError`` /
+``OutputError``) with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.images import IMAGE_SUFFIXES, ImageReadError, normalize_imagenet, read_image, write_image
+
+DEFAULT_IMAGEDREAM = "pretrained/imagedream-ipmv-diffusers"
+DEFAULT_MVDREAM = "pretrained/mvdream-sd2.1-diffusers"
+MV_SIZE = 256  # the published MVDream/ImageDream models generate 256 px views
+MIN_VIDEO_SIZE = 256  # turntables of small presets (the CPU demo renders 64 px) are upscaled to this
+
+
+class GenerationError(ValueError):
+    """A problem with the user's inputs or settings; the message says what to do."""
+
+
+@dataclass
+class Settings:
+    """How the 4 views are made (diffusion) and read (LGM)."""
+
+    steps: int = 30
+    """DDIM steps of the multi-view diffusion."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance scale (1 = none)."""
+    elevation: float = 0.0
+    """Elevation of the 4 views in degrees (core.cameras convention: negative looks from above)."""
+    seed: int = 0
+    """Seed of the diffusion noise."""
+    border_ratio: float = 0.2
+    """Empty margin around the recentred object, as a fraction of the image side."""
+    negative_prompt: str = ""
+    """Negative prompt for classifier-free guidance."""
+
+    def check(self) -> "Settings":
+        _require(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        _require(self.guidance_scale >= 0, f"guidance scale must be >= 0 (1 = no guidance), got {self.guidance_scale}")
+        _require(-90 < self.elevation < 90, f"elevation must be between -90 and 90 degrees, got {self.elevation}")
+        _require(0 <= self.border_ratio < 1, f"border ratio must be in [0, 1), got {self.border_ratio}")
+        return self
+
+
+@dataclass
+class ExportSettings:
+    """Which files :func:`export_outputs` writes."""
+
+    video_frames: int = 180
+    """Frames of the 360-degree turntable video (0 = no video)."""
+    fps: int = 30
+    """Frame rate of the video."""
+    splat: bool = False
+    """Also write <name>.splat (the antimatter15 web-viewer format)."""
+
+    def check(self) -> "ExportSettings":
+        _require(self.video_frames >= 0, f"video frames must be >= 0 (0 = no video), got {self.video_frames}")
+        _require(self.fps >= 1, f"fps must be at least 1, got {self.fps}")
+        return self
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise GenerationError(message)
+
+
+# --------------------------------------------------------------------------- names and inputs
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Output names, one per input, all different.
+
+    The first input of a name keeps it; a repeated name gets the lowest ``_k`` suffix that is
+    neither another input's name nor already given, so ``[same, same, same_1]`` becomes
+    ``[same, same_2, same_1]``.
+    """
+    reserved, given, out = set(names), set(), []
+    for name in names:
+        if name in given:
+            k = 1
+            while f"{name}_{k}" in reserved or f"{name}_{k}" in given:
+                k += 1
+            name = f"{name}_{k}"
+        given.add(name)
+        out.append(name)
+    return out
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder (by suffix), sorted by name."""
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def split_views(image: np.ndarray, source: str = "the views image") -> np.ndarray:
+    """4 square views side by side (or stacked) -> float32 [4, S, S, 3] on white, LGM's order.
+
+    image: [H, W, 3|4] float in [0, 1]; transparent pixels are composited on white.
+    """
+    h, w = image.shape[:2]
+    if w == 4 * h:
+        views = np.stack(np.split(image, 4, axis=1))
+    elif h == 4 * w:
+        views = np.stack(np.split(image, 4, axis=0))
+    else:
+        raise GenerationError(f"{source} is {w}x{h}: expected 4 square views side by side (width = 4 x height)")
+    return _on_white(views)
+
+
+def read_views(path) -> np.ndarray:
+    """4 views from an image of 4 side by side (or stacked) or from a folder of 4 images (sorted
+    by name), at azimuths 0, 90, 180, 270. -> float32 [4, H, W, 3] in [0, 1] on white."""
+    path = Path(path)
+    if not path.exists():
+        raise GenerationError(f"--views: no such file or folder: {path}")
+    if not path.is_dir():
+        return split_views(read_image(path), f"--views image {path}")
+    files = image_files(path)
+    if len(files) != 4:
+        raise GenerationError(f"--views folder {path} must hold exactly 4 images, found {len(files)}")
+    views = [read_image(f) for f in files]
+    if len({v.shape[:2] for v in views}) != 1:
+        raise GenerationError(f"--views: the 4 images in {path} differ in size")
+    views = [v if v.shape[-1] == 4 else np.concatenate([v, np.ones_like(v[..., :1])], -1) for v in views]
+    return _on_white(np.stack(views))
+
+
+def _on_white(views: np.ndarray) -> np.ndarray:
+    """[4, H, W, 3|4] -> float32 [4, H, W, 3], alpha composited on white."""
+    if views.shape[-1] == 4:
+        alpha = views[..., 3:4]
+        views = views[..., :3] * alpha + (1.0 - alpha)
+    return np.ascontiguousarray(views[..., :3], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def default_device(name: Optional[str] = None) -> torch.device:
+    """``name`` (checked) or cuda when available, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GenerationError(f"unknown device '{name}' (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenerationError(f"device '{name}' was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def model_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (the published weights are fp16), fp32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def load_lgm(preset: str, weights, device: torch.device):
+    """The LGM model of ``preset`` with ``weights`` (a path, or a published file name fetched into
+    the Hugging Face cache), in eval mode on ``device``. Raises GenerationError / WeightsError."""
+    from core.models import LGM
+    from core.options import config_defaults
+    from core.weights import fetch_published_weights, load_weights
+
+    if preset not in config_defaults:
+        raise GenerationError(f"unknown preset '{preset}'; choose one of {', '.join(config_defaults)}")
+    path = fetch_published_weights(weights)
+    model = LGM(config_defaults[preset])
+    load_weights(model, path, strict=True, preset=preset)
+    model.weights_path = path
+    return model.to(device=device, dtype=model_dtype(device)).eval()
+
+
+def load_mv_pipeline(name_or_path, kind: str, device: torch.device):
+    """The multi-view diffusion pipeline for ``kind`` 'image' (ImageDream) or 'prompt' (MVDream)."""
+    from core.mvdiffusion import MVDreamPipeline
+
+    pipe = MVDreamPipeline.from_pretrained(str(name_or_path), torch_dtype=model_dtype(device)).to(device)
+    if pipe.is_imagedream != (kind == "image"):
+        want = "an ImageDream (image)" if kind == "image" else "an MVDream (text)"
+        raise GenerationError(f"multi-view model {name_or_path} is not {want} model")
+    return pipe
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def generate_views(pipe, image: Optional[np.ndarray] = None, prompt: str = "", settings: Settings = Settings(), progress=True) -> np.ndarray:
+    """4 views of one object at the default input cameras, in LGM's order.
+
+    image: ImageDream's input [256, 256, 3] in [0, 1] (see core.preprocess.prepare_image), or None
+    for MVDream (text only). -> float32 [4, 256, 256, 3] in [0, 1]
+    """
+    from core.mvdiffusion import to_lgm_order
+
+    settings.check()
+    pipe.set_progress_bar_config(disable=not progress)
+    mv = pipe(
+        prompt=prompt or "",
+        image=image,
+        negative_prompt=settings.negative_prompt,
+        height=MV_SIZE,
+        width=MV_SIZE,
+        elevation=-settings.elevation,  # the pipeline takes MVDream's sign (positive = from above)
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        seed=settings.seed,
+    )  # [4, 256, 256, 3], MVDream's frame order
+    return to_lgm_order(mv)
+
+
+@torch.no_grad()
+def views_to_gaussians(model, views: np.ndarray, elevation: float = 0.0) -> Tensor:
+    """4 views at the default input cameras (azimuths 0/90/180/270 at ``elevation``) -> Gaussians.
+
+    views: float [4, H, W, 3] in [0, 1], LGM's order. -> float32 [1, N, 14] on the model's device.
+    """
+    if views.ndim != 4 or views.shape[0] != 4 or views.shape[-1] != 3:
+        raise GenerationError(f"expected 4 RGB views [4, H, W, 3], got {list(views.shape)}")
+    opt = model.opt
+    device, dtype = model.conv.weight.device, model.conv.weight.dtype
+    x = torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32)).permute(0, 3, 1, 2).to(device)  # [4, 3, H, W]
+    x = F.interpolate(x, size=(opt.input_size, opt.input_size), mode="bilinear", align_corners=False, antialias=True)
+    rays = model.prepare_default_rays(device, elevation=elevation)  # [4, 6, S, S]
+    x = torch.cat([normalize_imagenet(x), rays], dim=1)[None].to(dtype)  # [1, 4, 9, S, S]
+    with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+        return model.forward_gaussians(x).float()  # [1, N, 14]
+
+
+def export_outputs(model, gaussians: Tensor, views: Optional[np.ndarray], stem, export: ExportSettings = ExportSettings(),
+                   elevation: float = 0.0, progress: bool = True) -> dict[str, Path]:
+    """Write ``<stem>.ply``, ``<stem>_mv.png`` (the 4 views side by side, readable by --views),
+    and, as ``export`` says, ``<stem>.mp4`` (turntable) and ``<stem>.splat``.
+
+    gaussians: [1, N, 14]; views: [4, H, W, 3] or None. -> {kind: path} of the written files.
+    """
+    from core.export import render_turntable, write_video
+    from core.gs import GaussianRenderer, save_splat
+    from core.options import replace
+
+    export.check()
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    files = {"ply": stem.with_name(stem.name + ".ply")}
+    model.gs.save_ply(gaussians, files["ply"])
+    if views is not None:
+        files["views"] = stem.with_name(stem.name + "_mv.png")
+        write_image(files["views"], np.concatenate(list(views), axis=1))  # [H, 4W, 3]
+    if export.splat:
+        files["splat"] = stem.with_name(stem.name + ".splat")
+        save_splat(gaussians, files["splat"])
+    if export.video_frames > 0:
+        opt = model.opt
+        renderer = model.gs if opt.output_size >= MIN_VIDEO_SIZE else GaussianRenderer(replace(opt, output_size=MIN_VIDEO_SIZE))
+        frames = render_turntable(renderer, gaussians, opt, num_frames=export.video_frames, elevation=elevation, progress=progress)
+        files["video"] = stem.with_name(stem.name + ".mp4")
+        write_video(files["video"], frames, fps=export.fps)
+    return files
+
