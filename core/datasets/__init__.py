@@ -1,1 +1,1 @@
-"""Training datasets: synthetic (no files) and folder-of-renders."""
+"""Training datasets: synthetic (no files), folder-of-renders, G-Objaverse, and tar shards of any of them."""

@@ -1,0 +1,85 @@
+"""Convert a dataset (folder of renders, G-Objaverse, or the synthetic one) to webdataset tar shards.
+
+    python scripts/make_shards.py --output shards/ small --dataset gobjaverse --data_root /data/gobjaverse \\
+        --data_list gobjaverse_280k.json --num_eval_objects 64
+    python main.py small --dataset shards --data_root 'shards/shards-{000000..000123}.tar'
+
+Options after the converter's own (``--output``, ``--prefix``, ``--samples-per-shard``,
+``--max-shard-mb``) are main.py's: a preset and the data options, which pick the objects and the
+held-out split exactly as training would (``--num_eval_objects``; for the synthetic dataset also
+``--num_train_objects`` and the image size and views it renders). Objects are stored as they are
+(images byte for byte, cameras in our convention), so training from the shards gives the same
+samples as training from the source. Training objects go in a random order (``--seed``) into
+``<prefix>-NNNNNN.tar``, held-out ones into ``<prefix>-eval-NNNNNN.tar``; ``<prefix>.index.json``
+records the count of each shard. Runs on disjoint ``--data_list`` parts with different
+``--prefix`` values can write into one folder; train on all of them with ``--data_root DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        usage="make_shards.py --output DIR [converter options] PRESET [main.py data options]",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--output", "-o", required=True, help="folder for the shards and their index")
+    p.add_argument("--prefix", default="shards", help="shard names: PREFIX-000000.tar, PREFIX-eval-000000.tar, PREFIX.index.json")
+    p.add_argument("--samples-per-shard", type=int, default=256, help="objects per shard")
+    p.add_argument("--max-shard-mb", type=float, default=1000.0, help="also close a shard at this size (MB)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    from core.options import AllConfigs, OptionsError
+    from core.datasets.folder import FolderDatasetError
+
+    args, rest = build_parser().parse_known_args(argv)
+    if not rest:
+        build_parser().print_usage(sys.stderr)
+        print("error: give a preset and the data options, e.g. small --dataset folder --data_root data/renders", file=sys.stderr)
+        return 2
+    try:
+        opt = tyro.cli(AllConfigs, args=rest)
+    except OptionsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if opt.dataset == "shards":
+        print("error: --dataset shards is already sharded; convert its source instead", file=sys.stderr)
+        return 2
+
+    from core.datasets.shards import write_shards
+    from core.training import build_datasets
+
+    t0 = time.time()
+    try:
+        train, evals = build_datasets(opt)
+    except FolderDatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[shards] {len(train)} training and {len(evals)} held-out objects of --dataset {opt.dataset} -> {args.output}")
+    index = write_shards(train, evals, args.output, prefix=args.prefix, samples_per_shard=args.samples_per_shard,
+                         max_shard_bytes=args.max_shard_mb * 1e6, seed=opt.seed)
+    n_train = sum(c for _, c in index["train"])
+    last = len(index["train"]) - 1
+    print(
+        f"[shards] {n_train} training objects in {len(index['train'])} shards, {sum(c for _, c in index['eval'])} held out "
+        f"in {len(index['eval'])}; {index['bad_views']} unreadable views copied as they are, "
+        f"{index['skipped_objects']} objects skipped; {time.time() - t0:.1f} s\n"
+        f"train with: --dataset shards --data_root '{Path(args.output) / f'{args.prefix}-{{000000..{last:06d}}}.tar'}'"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
