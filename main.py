@@ -37,9 +37,20 @@ def main() -> int:
         return 130
     except (OSError, ValueError, RuntimeError) as e:
         from core.datasets.folder import FolderDatasetError
+        from core.outputs import DISK_FULL_ERRNOS, OutputError, describe_os_error
+        from core.training import CheckpointError, checkpoint_dirs
         from core.weights import WeightsError
 
-        if isinstance(e, (FolderDatasetError, WeightsError, FileNotFoundError)):
+        if isinstance(e, CheckpointError):  # e.g. a full disk: the run's work up to the last checkpoint is safe
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:  # while writing logs, images, exports
+            latest = checkpoint_dirs(opt.workspace)
+            print(f"error: {e.filename or 'a file'}: {describe_os_error(e)}. "
+                  + (f"The last complete checkpoint, {latest[-1]}, is intact: free some space and continue with "
+                     f"--resume_from latest." if latest else "No checkpoint was saved yet."), file=sys.stderr)
+            return 1
+        if isinstance(e, (FolderDatasetError, WeightsError, FileNotFoundError, OutputError)):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise
@@ -48,15 +59,15 @@ def main() -> int:
 def train(opt) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from core import training as T
     from core.metrics import LPIPSUnavailableError
     from core.models import LGM
+    from core.outputs import prepare_output_dir
     from core.weights import load_weights
 
-    ws = Path(opt.workspace)
+    ws = prepare_output_dir(opt.workspace, "--workspace")
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several CPU processes then talk over gloo
         mixed_precision=opt.mixed_precision if torch.cuda.is_available() else "no",
@@ -82,48 +93,36 @@ def train(opt) -> int:
 
     # ------------------------------------------------------------------ data
     train_ds, eval_ds = T.build_datasets(opt)
-    sampler = T.EpochSampler(len(train_ds), opt.seed)
-    train_loader = DataLoader(
-        train_ds, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
-        drop_last=True, collate_fn=T.collate, pin_memory=torch.cuda.is_available(),
-    )
-    eval_loader = DataLoader(eval_ds, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers, collate_fn=T.collate)
+    train_loader, eval_loader = T.build_loaders(opt, train_ds, eval_ds, accelerator)  # on the device, split across processes
     if len(train_loader) == 0:
         say(f"error: {len(train_ds)} training objects is fewer than one batch of {opt.batch_size}; lower --batch_size")
         return 2
 
     # ------------------------------------------------------------------ optimizer and schedule
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=(0.9, 0.95))
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
     steps_per_epoch = max(len(train_loader) // opt.gradient_accumulation_steps, 1)
     total_steps = opt.max_steps if opt.max_steps is not None else opt.num_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=opt.lr, total_steps=total_steps + 1,
-        pct_start=min(max(opt.warmup_steps, 2) / (total_steps + 1), 0.3),  # a 1-step warm-up divides by zero in torch
-    )
-    accelerator.register_for_checkpointing(scheduler)
     raw_model = accelerator.unwrap_model(model)
     ema = T.EMA(raw_model, opt.ema_decay) if opt.ema_decay > 0 else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
     # ------------------------------------------------------------------ resume the full state
     global_step = 0
     if opt.resume_from:
         ckpt = T.resolve_resume_dir(ws, opt.resume_from)
-        try:
-            accelerator.load_state(str(ckpt))
-        except RuntimeError as e:
-            if "custom checkpoints" not in str(e):
-                raise
-            raise FileNotFoundError(
-                f"--resume_from {ckpt}: it was saved with EMA {'off' if ema is not None else 'on'}; "
-                f"resume with the same --ema_decay setting (or use --resume for weights only)"
-            ) from None
-        global_step = T.read_progress(ckpt)["step"]
-        say(f"[resume_from] {ckpt}: continuing at step {global_step}")
+        progress = T.load_checkpoint(accelerator, ckpt, raw_model, ema)
+        global_step = progress["step"]
+        planned = progress.get("total_steps", total_steps)
+        change = f"; schedule re-planned for {total_steps} steps (was {planned})" if planned != total_steps else ""
+        say(f"[resume_from] {ckpt}: continuing at step {global_step}{change}")
+        if main_proc:
+            T.truncate_logs(ws, global_step)  # steps after the checkpoint are replayed: log them once
+    scheduler = T.build_scheduler(optimizer, opt, total_steps, global_step)  # a function of the step: never loaded
 
-    accelerator.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(opt).items()})
+    accelerator.init_trackers(
+        "tb", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(opt).items()},
+        init_kwargs={"tensorboard": {"purge_step": global_step + 1}} if global_step else {},  # TensorBoard drops replayed steps
+    )
     say(
         f"[train] {sum(p.numel() for p in raw_model.parameters()) / 1e6:.1f}M parameters, {len(train_ds)} train / "
         f"{len(eval_ds)} eval objects, {accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -147,9 +146,12 @@ def train(opt) -> int:
         return res
 
     def save(step: int, epoch: int) -> None:
-        T.save_checkpoint(accelerator, ws, step, {"step": step, "epoch": epoch}, opt.keep_last)
+        T.save_checkpoint(accelerator, ws, step, {"step": step, "epoch": epoch, "total_steps": total_steps}, opt.keep_last, ema)
         if main_proc:
             T.export_weights(raw_model, ema, ws)
+
+    # SIGTERM (schedulers, before preemption) or Ctrl-C: finish the step, save it, stop. A second Ctrl-C stops at once.
+    stop_signal = T.StopRequest()
 
     # ------------------------------------------------------------------ the loop
     model.train()
@@ -157,7 +159,7 @@ def train(opt) -> int:
     skip *= opt.gradient_accumulation_steps
     t0, last_log, nonfinite, last_saved, last_eval = time.time(), time.time(), 0, global_step, -1
     pbar = tqdm(total=total_steps, initial=global_step, disable=not main_proc, desc="train", dynamic_ncols=True)
-    stop = global_step >= total_steps
+    stop, signalled = global_step >= total_steps, False
     while not stop:
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         loader.set_epoch(epoch)  # reaches the sampler's order and the dataset's augmentations
@@ -221,8 +223,9 @@ def train(opt) -> int:
                 save(global_step, epoch)
                 last_saved = global_step
             out_of_time = opt.max_minutes is not None and (time.time() - t0) > opt.max_minutes * 60
-            out_of_time = bool(accelerator.gather(torch.tensor([out_of_time], device=accelerator.device)).any())
-            if global_step >= total_steps or out_of_time:
+            flags = accelerator.gather(torch.tensor([[out_of_time, stop_signal.received is not None]], device=accelerator.device))
+            out_of_time, signalled = (bool(f) for f in flags.any(0))  # every process stops at the same step
+            if global_step >= total_steps or out_of_time or signalled:
                 if out_of_time:
                     say(f"[train] --max_minutes {opt.max_minutes} reached at step {global_step}")
                 stop = True
@@ -234,6 +237,12 @@ def train(opt) -> int:
     # ------------------------------------------------------------------ the end
     if last_saved != global_step:
         save(global_step, epoch)
+    stop_signal.restore()
+    if signalled:
+        say(f"[train] stopped by {stop_signal.received or 'a signal'} at step {global_step}: checkpoint saved; "
+            f"continue with --resume_from latest")
+        accelerator.end_training()
+        return stop_signal.exit_code
     say(f"[train] {global_step} steps in {(time.time() - t0) / 60:.1f} min; weights: {ws / 'model.safetensors'}")
     if accelerator.num_processes > 1:  # data-parallel replicas must agree bit for bit
         flat = torch.cat([p.detach().double().flatten() for p in raw_model.parameters()])

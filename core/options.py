@@ -52,18 +52,21 @@ class Options:
     """Rasterizer backend: gsplat on CUDA when installed (auto), or the pure-PyTorch reference."""
 
     # ------------------------------------------------------------------ data
-    dataset: Literal["synthetic", "folder"] = "synthetic"
-    """Training data: procedurally generated objects (no files) or a folder of renders."""
+    dataset: Literal["synthetic", "folder", "gobjaverse", "shards"] = "synthetic"
+    """Training data: procedurally generated objects (no files), a folder of renders, G-Objaverse
+    (folders or per-object tars), or tar shards written by scripts/make_shards.py."""
     data_root: Optional[str] = None
-    """Folder dataset: root holding <uid>/rgb/NNN.png and <uid>/pose/NNN.txt (or <uid>/transforms.json)."""
+    """Folder: root holding <uid>/rgb/NNN.png and <uid>/pose/NNN.txt (or <uid>/transforms.json); gobjaverse:
+    root holding <group>/<uid>/campos_512_v4/ or <group>/<uid>.tar; shards: 'DIR/shards-{000000..000099}.tar' or DIR."""
     data_list: Optional[str] = None
-    """Folder dataset: text file with one uid per line (default: every sub-folder of data_root)."""
+    """Folder / gobjaverse: file listing the objects, one per line or G-Objaverse's JSON list (default: all under data_root)."""
     num_views: int = 12
     """Views per object in a training sample: the input views first, then supervision views."""
     num_input_views: int = 4
     """Input views fed to the U-Net (the architecture expects 4)."""
     input_view_ids: Optional[Tuple[int, ...]] = None
-    """Folder dataset: which view indices are the inputs (default: the first 4 files)."""
+    """Folder: which view indices are the inputs (default: the first 4 files); gobjaverse: which view
+    numbers (default: 4 orbit views 90 degrees apart at one elevation)."""
     num_train_objects: int = 2000
     """Synthetic dataset: number of distinct training objects (indices wrap around)."""
     num_eval_objects: int = 8
@@ -74,6 +77,8 @@ class Options:
     """Probability of jittering the cameras of input views 2-4 (training only)."""
     num_workers: int = 2
     """DataLoader worker processes."""
+    shuffle_buffer: int = 32
+    """Shards dataset: objects each DataLoader worker holds to shuffle its stream (memory: that many raw objects; 0 = off)."""
 
     # ------------------------------------------------------------------ training
     workspace: str = "./workspace"
@@ -140,6 +145,22 @@ class Options:
         )
         _check(self.num_input_views == 4, "the multi-view U-Net is built for 4 input views")
         _check(self.num_views > self.num_input_views, "num_views must exceed num_input_views")
+        for name in ("input_size", "output_size", "splat_size", "batch_size", "gradient_accumulation_steps",
+                     "num_epochs", "log_every", "keep_last", "max_nonfinite_steps", "attention_heads"):
+            _check(getattr(self, name) >= 1, f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "save_every", "image_every", "export_objects", "num_workers",
+                     "num_train_objects", "num_eval_objects", "weight_decay", "gradient_clip", "lambda_lpips",
+                     "lambda_ssim", "video_frames"):
+            _check(getattr(self, name) >= 0, f"--{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        _check(self.max_steps is None or self.max_steps >= 1, f"--max_steps must be at least 1, got {self.max_steps}")
+        _check(self.max_minutes is None or self.max_minutes > 0, f"--max_minutes must be positive, got {self.max_minutes}")
+        _check(0 <= self.ema_decay < 1, f"--ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        for name in ("prob_grid_distortion", "prob_cam_jitter"):
+            _check(0 <= getattr(self, name) <= 1, f"--{name} is a probability in [0, 1], got {getattr(self, name)}")
+        _check(0 < self.fovy < 180, f"--fovy must be in (0, 180) degrees, got {self.fovy}")
+        _check(0 < self.znear < self.zfar, f"need 0 < --znear < --zfar, got {self.znear} and {self.zfar}")
+        _check(self.cam_radius > self.znear, f"--cam_radius ({self.cam_radius}) must exceed --znear ({self.znear})")
 
 
 class OptionsError(ValueError):

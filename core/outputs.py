@@ -14,12 +14,19 @@ class OutputError(OSError):
     """An output folder or file that cannot be written; the message says which and why."""
 
 
-def describe_os_error(e: OSError) -> str:
-    """A short human reason for an OSError (disk full, permission, ...)."""
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def describe_os_error(e: BaseException) -> str:
+    """A short human reason for a failed write (disk full, permission, ...)."""
+    if not isinstance(e, OSError):  # e.g. safetensors' or torch's own errors around an OS error
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if e.errno == errno.ENOSPC:
         return "no space left on the device"
     if e.errno == errno.EDQUOT:
         return "disk quota exceeded"
+    if e.errno == errno.EFBIG:
+        return "file size limit exceeded"
     if e.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     if e.errno == errno.EROFS:

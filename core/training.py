@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from core.images import IMAGENET_MEAN, IMAGENET_STD, image_grid, write_image
 from core.metrics import LPIPSUnavailableError, build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
+from core.outputs import describe_os_error, write_atomically
 
 CHECKPOINT_PREFIX = "step_"
 COMPLETE_MARKER = "progress.json"
+EMA_FILE = "ema.safetensors"
 
 
 # ---------------------------------------------------------------------------- data
@@ -32,9 +34,47 @@ def build_datasets(opt: Options):
         from core.datasets.synthetic import SyntheticDataset
 
         return SyntheticDataset(opt, "train"), SyntheticDataset(opt, "eval")
+    if opt.dataset == "gobjaverse":
+        from core.datasets.gobjaverse import GobjaverseDataset
+
+        return GobjaverseDataset(opt, "train"), GobjaverseDataset(opt, "eval")
+    if opt.dataset == "shards":
+        from core.datasets.shards import ShardsDataset, ShardsEvalDataset
+
+        return ShardsDataset(opt), ShardsEvalDataset(opt)
     from core.datasets.folder import FolderDataset
 
     return FolderDataset(opt, "train"), FolderDataset(opt, "eval")
+
+
+def build_loaders(opt: Options, train_ds, eval_ds, accelerator):
+    """(train, eval) DataLoaders, prepared by ``accelerator`` (batches on its device, split across processes).
+
+    Map-style training data is shuffled by :class:`EpochSampler` and split across processes by
+    Accelerate. Shards (an IterableDataset) split themselves across processes and workers, so
+    their loader is only put on the device: Accelerate's own split of an iterable would make every
+    process read every shard.
+    """
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader, IterableDataset
+
+    pin = torch.cuda.is_available()
+    eval_loader = DataLoader(eval_ds, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers, collate_fn=collate)
+    if isinstance(train_ds, IterableDataset):
+        train_ds.place(accelerator.process_index, accelerator.num_processes)
+        accelerator.print(
+            f"[data] {train_ds.num_samples} objects in {len(train_ds.shards)} shards; each of {accelerator.num_processes} "
+            f"process(es) reads {len(train_ds)} of them per epoch, with {max(1, opt.num_workers)} worker(s)"
+        )
+        train_loader = DataLoader(train_ds, batch_size=opt.batch_size, num_workers=opt.num_workers, drop_last=True,
+                                  collate_fn=collate, pin_memory=pin)
+        train_loader = prepare_data_loader(train_loader, accelerator.device, num_processes=1, process_index=0,
+                                           put_on_device=True, dispatch_batches=False, rng_types=None)
+        return train_loader, accelerator.prepare(eval_loader)
+    sampler = EpochSampler(len(train_ds), opt.seed)
+    train_loader = DataLoader(train_ds, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
+                              drop_last=True, collate_fn=collate, pin_memory=pin)
+    return accelerator.prepare(train_loader, eval_loader)
 
 
 def collate(items: list[dict]) -> dict:
@@ -59,13 +99,6 @@ class EMA:
         for k, v in model.state_dict().items():
             if k in self.shadow:
                 self.shadow[k].lerp_(v.detach().float(), 1.0 - self.decay)
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
     @contextlib.contextmanager
     def applied_to(self, model: nn.Module):
@@ -109,29 +142,122 @@ def read_progress(ckpt_dir: Path) -> dict:
     return json.loads((ckpt_dir / COMPLETE_MARKER).read_text())
 
 
-def save_checkpoint(accelerator, workspace, step: int, progress: dict, keep_last: int) -> Path:
-    """accelerator.save_state into a temporary folder, then an atomic rename; prune old ones.
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or does not fit this run; the message says what to do."""
 
-    A crash mid-save leaves only a ``.tmp`` folder, which is ignored and later replaced, so the
-    latest complete checkpoint is never broken.
+
+def save_checkpoint(accelerator, workspace, step: int, progress: dict, keep_last: int, ema: Optional[EMA] = None) -> Path:
+    """The full training state of ``step`` into ``<workspace>/checkpoints/step_<step>``.
+
+    ``accelerator.save_state`` writes the model (safetensors), optimizer and RNG states (read back
+    with ``weights_only=True``); we add ``ema.safetensors`` and ``progress.json`` (step, epoch,
+    schedule), so nothing in a checkpoint needs unpickling of arbitrary objects. The learning-rate
+    schedule is not stored: it is a function of the step (see :func:`build_scheduler`).
+
+    Everything goes into a temporary folder first, renamed when complete: a crash or a full disk
+    mid-save never breaks the latest complete checkpoint (a failed save raises
+    :class:`CheckpointError` saying which one is intact). Older checkpoints beyond ``keep_last``
+    are then deleted.
     """
     root = Path(workspace) / "checkpoints"
     final = root / f"{CHECKPOINT_PREFIX}{step}"
     tmp = root / f".{CHECKPOINT_PREFIX}{step}.tmp"
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if ema is not None:
+                save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / EMA_FILE))
+            (tmp / COMPLETE_MARKER).write_text(json.dumps(progress))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+    except Exception as e:  # a full disk shows as OSError, or as torch's / safetensors' own write errors
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+        intact = checkpoint_dirs(workspace)
+        kept = f"the last complete checkpoint, {intact[-1]}, is intact" if intact else "no earlier complete checkpoint exists"
+        raise CheckpointError(
+            f"could not save the checkpoint of step {step} in {root}: {describe_os_error(e)}.\n"
+            f"The partial save was removed; {kept}.\n"
+            f"Free some space (a lower --keep_last keeps fewer checkpoints), then continue with --resume_from latest."
+        ) from e
     if accelerator.is_main_process:
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(progress))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
         for old in checkpoint_dirs(workspace)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator, ckpt_dir: Path, model: nn.Module, ema: Optional[EMA]) -> dict:
+    """Restore what :func:`save_checkpoint` wrote (model, optimizer, RNG, EMA) -> its progress dict.
+
+    The model's tensor shapes are checked first, so a checkpoint of another preset is a clear
+    :class:`core.weights.WeightsMismatchError`. Pickled objects are never loaded: accelerate reads
+    its own files with ``weights_only=True``, nothing else is registered with it, and a folder with
+    ``custom_checkpoint_*.pkl`` files (which accelerate unpickles fully) is refused. With EMA on and
+    no EMA state saved, the average starts from the restored weights.
+    """
+    from core.weights import WeightsError, check_shapes
+
+    check_shapes(model, ckpt_dir / "model.safetensors", what=f"--resume_from {ckpt_dir}")
+    pickled = sorted(p.name for p in ckpt_dir.glob("custom_checkpoint_*.pkl"))
+    if pickled:  # accelerate would unpickle these with weights_only=False: arbitrary code
+        raise WeightsError(
+            f"--resume_from {ckpt_dir}: it holds pickled objects ({', '.join(pickled)}), which are never loaded "
+            f"(unpickling can run any code).\nEarlier versions stored the scheduler and EMA that way: if you trust "
+            f"this folder, delete those files and resume again (the schedule is rebuilt from the step; the EMA "
+            f"restarts from the weights)."
+        )
+    try:
+        accelerator.load_state(str(ckpt_dir), load_kwargs={"weights_only": True})
+    except Exception as e:  # pickled code refused by weights_only, a truncated file, ...
+        raise WeightsError(
+            f"--resume_from {ckpt_dir}: could not restore the training state ({describe_os_error(e)}).\n"
+            f"Files holding pickled code are refused. Resume from another checkpoint, or use --resume "
+            f"{ckpt_dir / 'model.safetensors'} to start from its weights only."
+        ) from None
+    if ema is not None:
+        if (ckpt_dir / EMA_FILE).is_file():
+            ema.shadow = {k: v.float() for k, v in load_file(str(ckpt_dir / EMA_FILE)).items()}
+        else:
+            warnings.warn(f"{ckpt_dir} has no EMA state: the average starts from the restored weights")
+            ema.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    return read_progress(ckpt_dir)
+
+
+def build_scheduler(optimizer, opt: Options, total_steps: int, step: int = 0):
+    """OneCycleLR over ``total_steps`` (warm-up ``opt.warmup_steps``, at most 30%), set to ``step``.
+
+    The schedule is a function of the step alone, so a resumed run rebuilds it rather than loading
+    it: resuming with another ``--max_steps`` (or ``--lr``, ``--warmup_steps``) continues on the
+    curve of the new settings at the resumed step, as if the run had been planned that way.
+    """
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=opt.lr, total_steps=total_steps + 1,
+        pct_start=min(max(opt.warmup_steps, 2) / (total_steps + 1), 0.3),  # a 1-step warm-up divides by zero in torch
+    )
+    if step > 0:  # jump to ``step``: OneCycleLR computes each value from its step count alone
+        scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "step() before optimizer.step()": intended here
+            scheduler.step()
+    return scheduler
+
+
+def truncate_logs(workspace, step: int) -> None:
+    """Drop the rows of steps after ``step`` from the workspace's jsonl logs (a resumed run
+    replays them; keeping both would log those steps twice)."""
+    for name in ("train_log.jsonl", "metrics.jsonl"):
+        path = Path(workspace) / name
+        if not path.is_file():
+            continue
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(rows):
+            write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
 def export_weights(model: nn.Module, ema: Optional[EMA], workspace) -> None:
@@ -142,9 +268,46 @@ def export_weights(model: nn.Module, ema: Optional[EMA], workspace) -> None:
     if ema is not None:
         tensors["model_ema.safetensors"] = {k: v.cpu().contiguous() for k, v in ema.shadow.items()}
     for name, sd in tensors.items():
-        tmp = ws / f".{name}.tmp"
-        save_file(sd, str(tmp))
-        tmp.replace(ws / name)
+        write_atomically(ws / name, lambda tmp: save_file(sd, str(tmp)))
+
+
+class StopRequest:
+    """Catches SIGTERM and SIGINT so the loop can save the current step before stopping.
+
+    ``received`` is the name of the first signal (None until one arrives); the loop checks it
+    after each step. A second SIGINT raises KeyboardInterrupt at once (for an impatient Ctrl-C).
+    ``exit_code`` follows the shell convention, 128 + the signal number.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.received: Optional[str] = None
+        self.exit_code = 0
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for name in self.SIGNALS:
+                self._previous[name] = signal.signal(getattr(signal, name), self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        if self.received is not None and name == "SIGINT":
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received, self.exit_code = name, 128 + signum
+            print(f"\n[train] {name} received: saving a checkpoint after this step, then stopping", flush=True)
+
+    def restore(self) -> None:
+        import signal
+
+        for name, handler in self._previous.items():
+            signal.signal(getattr(signal, name), handler)
+        self._previous = {}
 
 
 # ---------------------------------------------------------------------------- evaluation

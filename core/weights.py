@@ -191,16 +191,48 @@ def compare_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> LoadReport:
     return report
 
 
-def guess_preset(sd: dict[str, Tensor]) -> Optional[str]:
-    """The LGM preset whose parameter names and shapes equal those of ``sd``, if any."""
+def guess_preset(sd: dict) -> Optional[str]:
+    """The LGM preset whose parameter names and shapes equal those of ``sd`` (tensors or shapes)."""
     from core.models import state_dict_shapes
     from core.options import config_defaults
 
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    shapes = {k: tuple(v.shape) if isinstance(v, Tensor) else tuple(v) for k, v in sd.items()}
     for name, opt in config_defaults.items():
         if state_dict_shapes(opt) == shapes:
             return name
     return None
+
+
+def read_shapes(path) -> dict[str, tuple]:
+    """Tensor names and shapes of a .safetensors file, without reading the tensors."""
+    from safetensors import safe_open
+
+    p = resolve_weights(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:
+        raise WeightsError(f"Could not read {p}: {type(e).__name__}: {e}") from e
+
+
+def _mismatch_error(report: "LoadReport", shapes: dict, where: str, want: str, advice: str) -> WeightsMismatchError:
+    seems = guess_preset(shapes)
+    seems_txt = f"it looks like preset '{seems}'" if seems else "it matches no known preset"
+    return WeightsMismatchError(
+        f"{where} does not fit the model{want}: {seems_txt}.\n"
+        + report.summary(limit=5)
+        + (f"\nUse the preset '{seems}'" if seems else "\nUse the preset it was trained with")
+        + advice
+    )
+
+
+def check_shapes(model: nn.Module, path, what: str) -> None:
+    """Raise :class:`WeightsMismatchError` (naming the preset the file looks like) unless the
+    .safetensors file at ``path`` has exactly the model's tensor names and shapes."""
+    shapes = read_shapes(path)
+    report = compare_state_dict(model, {k: torch.empty(s, device="meta") for k, s in shapes.items()})
+    if not report.complete:
+        raise _mismatch_error(report, shapes, what, "", " with the same options it was trained with.")
 
 
 def load_weights(model: nn.Module, path, strict: bool = True, preset: Optional[str] = None) -> LoadReport:
@@ -213,15 +245,8 @@ def load_weights(model: nn.Module, path, strict: bool = True, preset: Optional[s
     sd = read_state_dict(p)
     report = compare_state_dict(model, sd)
     if strict and not report.complete:
-        seems = guess_preset(sd)
-        seems_txt = f"it looks like preset '{seems}'" if seems else "it matches no known preset"
         want = f" for preset '{preset}'" if preset else ""
-        raise WeightsMismatchError(
-            f"Checkpoint {p} does not fit the model{want}: {seems_txt}.\n"
-            + report.summary(limit=5)
-            + (f"\nUse the preset '{seems}'" if seems else "\nUse the preset it was trained with")
-            + ", or load tolerantly (training: --resume copies matching tensors only)."
-        )
+        raise _mismatch_error(report, sd, f"Checkpoint {p}", want, ", or load tolerantly (training: --resume copies matching tensors only).")
     own = model.state_dict()
     with torch.no_grad():
         for name in report.loaded:

@@ -130,3 +130,148 @@ def test_non_finite_losses_are_skipped_then_abort(tmp_path):
     assert "non-finite loss" in out and "step skipped" in out
     assert "5 non-finite losses in a row" in out
     assert "Traceback" not in out
+
+
+# --------------------------------------------------------------------------- faults and bad input (issue 9)
+
+
+def test_resume_never_unpickles_a_crafted_file(tmp_path):
+    """A checkpoint folder holding pickles that would create a marker when loaded: resuming refuses
+    them with a clear message and never runs them (custom_checkpoint_*.pkl, a crafted optimizer file)."""
+    import pickle
+
+    ws = tmp_path / "ws"
+    run_main(["--workspace", str(ws), "--max_steps", "2", "--save_every", "2", "--ema_decay", "0.9"], tmp_path)
+    ckpt = ws / "checkpoints" / "step_2"
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"):
+        (ckpt / name).write_bytes(pickle.dumps(Payload()))
+    args = ["--workspace", str(ws), "--max_steps", "3", "--ema_decay", "0.9", "--resume_from", "latest"]
+    proc = run_main(args, tmp_path, expect_rc=2)
+    assert not marker.exists()
+    assert "custom_checkpoint_0.pkl" in proc.stderr and "never loaded" in proc.stderr and "Traceback" not in proc.stderr
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"):
+        (ckpt / name).unlink()  # as the message says
+    proc = run_main(args, tmp_path)
+    assert "continuing at step 2" in proc.stdout + proc.stderr
+
+    ckpt3 = ws / "checkpoints" / "step_3"
+    (ckpt3 / "optimizer.bin").write_bytes(pickle.dumps(Payload()))
+    proc = run_main(["--workspace", str(ws), "--max_steps", "4", "--ema_decay", "0.9", "--resume_from", "latest"],
+                    tmp_path, expect_rc=2)
+    assert not marker.exists()
+    err = proc.stderr
+    assert "could not restore the training state" in err and "Traceback" not in err
+
+
+def test_extending_a_run_replans_the_schedule(tmp_path):
+    """Trained to step 4 of 4, resumed with --max_steps 8: no crash, and the learning rate of steps
+    5-8 is that of a OneCycle schedule planned for 8 steps (stepped one by one in the test)."""
+    ws = tmp_path / "ws"
+    run_main(["--workspace", str(ws), "--max_steps", "4"], tmp_path)
+    proc = run_main(["--workspace", str(ws), "--max_steps", "8", "--resume_from", "latest"], tmp_path)
+    assert "re-planned for 8 steps (was 4)" in proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in (ws / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=9, pct_start=2 / 9)
+    expected = {}
+    for step in range(1, 9):
+        opt.step()
+        sched.step()
+        expected[step] = sched.get_last_lr()[0]
+    for r in rows[4:]:
+        assert r["lr"] == pytest.approx(expected[r["step"]], rel=1e-6)
+
+
+def test_resumed_run_logs_each_step_once(tmp_path):
+    """A run that got to step 6 and is resumed from its step-3 checkpoint (as after kill -9) replays
+    steps 4-6: train_log.jsonl and TensorBoard hold each step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ws = tmp_path / "ws"
+    run_main(["--workspace", str(ws), "--max_steps", "6", "--save_every", "3", "--eval_every", "3"], tmp_path)
+    run_main(["--workspace", str(ws), "--max_steps", "6", "--save_every", "3", "--eval_every", "3",
+              "--resume_from", str(ws / "checkpoints" / "step_3")], tmp_path)
+    steps = [json.loads(line)["step"] for line in (ws / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    evals = [json.loads(line)["step"] for line in (ws / "metrics.jsonl").read_text().splitlines()]
+    assert evals == [3, 6]
+    acc = EventAccumulator(str(ws / "tb"), purge_orphaned_data=True)
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigterm_saves_the_current_step(tmp_path):
+    import signal
+    import time
+
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, str(ROOT / "main.py")] + MICRO_CLI + ["--workspace", str(ws), "--max_steps", "10000", "--save_every", "10000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = ws / "train_log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    last = json.loads(log.read_text().splitlines()[-1])["step"]
+    assert last >= 3 and "stopped by SIGTERM" in out and "Traceback" not in out
+    assert (ws / "checkpoints" / f"step_{last}" / "progress.json").is_file()
+    proc = run_main(["--workspace", str(ws), "--max_steps", str(last + 1), "--resume_from", "latest"], tmp_path)
+    assert f"continuing at step {last}" in proc.stdout + proc.stderr
+
+
+def test_full_disk_while_saving_keeps_the_last_checkpoint(tmp_path):
+    """A file-size limit below the checkpoint's size makes the save of step 4 fail for real: a
+    one-screen message names the intact step-2 checkpoint, from which the run then continues."""
+    import resource
+    import signal
+
+    ws = tmp_path / "ws"
+    run_main(["--workspace", str(ws), "--max_steps", "2"], tmp_path)
+    limit = (ws / "checkpoints" / "step_2" / "model.safetensors").stat().st_size // 2
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [sys.executable, str(ROOT / "main.py")] + MICRO_CLI + ["--workspace", str(ws), "--max_steps", "4", "--resume_from", "latest"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "could not save the checkpoint of step 4" in proc.stderr and "step_2, is intact" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr[proc.stderr.index("error:"):].strip().splitlines()) < 10  # one screen
+    assert sorted(p.name for p in (ws / "checkpoints").iterdir()) == ["step_2"]  # no half-written step_4
+    proc = run_main(["--workspace", str(ws), "--max_steps", "3", "--resume_from", "latest"], tmp_path)
+    assert "continuing at step 2" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [(["--lr", "-1e-3"], "--lr must be positive"), (["--batch_size", "0"], "--batch_size must be at least 1"),
+     (["--max_steps", "-5"], "--max_steps must be at least 1")],
+)
+def test_invalid_numbers_are_refused_up_front(tmp_path, flags, words):
+    proc = run_main(["--workspace", str(tmp_path / "ws")] + flags, tmp_path, expect_rc=2)
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ws").exists()
+
+
+def test_resume_from_another_preset_and_bad_workspace_are_clear_errors(tmp_path):
+    ws = tmp_path / "ws"
+    run_main(["--workspace", str(ws), "--max_steps", "1"], tmp_path)
+    proc = run_main(["--workspace", str(ws), "--max_steps", "2", "--resume_from", "latest",
+                     "--down_channels", "32", "32", "--up_channels", "32"], tmp_path, expect_rc=2)
+    assert "does not fit the model" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "a_file").write_text("")
+    proc = run_main(["--workspace", str(tmp_path / "a_file"), "--max_steps", "1"], tmp_path, expect_rc=2)
+    assert "--workspace" in proc.stderr and "is a file" in proc.stderr and "Traceback" not in proc.stderr
