@@ -263,15 +263,13 @@ def train(opt) -> int:
 
 @torch.no_grad()
 def export_objects(model, ema, dataset, opt, out_dir: Path) -> None:
-    """Reconstruct held-out objects from their 4 input views: .ply, turntable .mp4, preview .jpg."""
+    """Reconstruct held-out objects from their 4 input views: .ply, turntable .mp4, the input views
+    as ``<uid>_mv.png`` (try them with ``infer.py --views``) and ``<uid>.jpg`` (inputs | truth | prediction)."""
     from core import training as T
-    from core.export import render_turntable, write_video
-    from core.gs import GaussianRenderer
+    from core.generation import ExportSettings, export_outputs
     from core.images import image_grid, write_image
-    from core.options import replace
 
     model.eval()
-    video_renderer = GaussianRenderer(replace(opt, output_size=max(opt.output_size, 256)))  # small presets too
     device = next(model.parameters()).device
     with ema.applied_to(model) if ema is not None else contextlib.nullcontext():
         for i in range(min(opt.export_objects, len(dataset))):
@@ -279,12 +277,11 @@ def export_objects(model, ema, dataset, opt, out_dir: Path) -> None:
             data = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
             name = data["uid"][0]
             gaussians = model.forward_gaussians(data["input"])  # [1, N, 14]
-            model.gs.save_ply(gaussians, out_dir / f"{name}.ply")
-            frames = render_turntable(video_renderer, gaussians, opt, num_frames=opt.video_frames)
-            write_video(out_dir / f"{name}.mp4", frames, fps=30)
+            views = data["images_output"][0, : opt.num_input_views].permute(0, 2, 3, 1).cpu().numpy()  # [4, H, W, 3]
+            files = export_outputs(model, gaussians, views, out_dir / name, ExportSettings(video_frames=opt.video_frames), progress=False)
             pred = model.gs.render(gaussians, data["cam_view"], data["cam_view_proj"], data["cam_pos"])["image"]
             write_image(out_dir / f"{name}.jpg", image_grid([T.input_rgb(data["input"][0]), data["images_output"][0], pred[0]]))
-            print(f"[export] {out_dir / name}.ply, .mp4 ({len(frames)} frames), .jpg (inputs | truth | prediction)")
+            print(f"[export] {', '.join(str(f) for f in files.values())}, {out_dir / name}.jpg (inputs | truth | prediction)")
 
 
 if __name__ == "__main__":

@@ -275,3 +275,27 @@ def test_resume_from_another_preset_and_bad_workspace_are_clear_errors(tmp_path)
     (tmp_path / "a_file").write_text("")
     proc = run_main(["--workspace", str(tmp_path / "a_file"), "--max_steps", "1"], tmp_path, expect_rc=2)
     assert "--workspace" in proc.stderr and "is a file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_exported_input_views_feed_infer(tmp_path, monkeypatch):
+    """--export_objects writes <uid>_mv.png beside the .ply; infer.py --views on it with the trained
+    weights reconstructs the same Gaussians (up to the 8-bit rounding of the views)."""
+    import infer
+    from core.gs import load_ply
+    from core.options import config_defaults, replace
+
+    ws = tmp_path / "ws"
+    run_main(["--workspace", str(ws), "--max_steps", "2", "--export_objects", "1", "--video_frames", "4"], tmp_path)
+    views = sorted((ws / "export").glob("*_mv.png"))
+    assert len(views) == 1
+    uid = views[0].name[: -len("_mv.png")]
+    assert {p.name for p in (ws / "export").iterdir()} >= {f"{uid}.ply", f"{uid}.mp4", f"{uid}.jpg", f"{uid}_mv.png"}
+    micro = replace(config_defaults["cpu"], input_size=32, down_channels=(32, 64), down_attention=(False, True),
+                    up_channels=(64,), up_attention=(True,), attention_heads=4, splat_size=16, output_size=32)
+    monkeypatch.setitem(config_defaults, "micro_cli", micro)
+    assert infer.main(["--views", str(views[0]), "--preset", "micro_cli", "--resume", str(ws / "model.safetensors"),
+                       "--workspace", str(tmp_path / "inf"), "--video-frames", "0"]) == 0
+    exported, again = load_ply(ws / "export" / f"{uid}.ply"), load_ply(tmp_path / "inf" / f"{uid}_mv.ply")
+    assert exported.shape == again.shape
+    assert (exported[:, :3] - again[:, :3]).abs().mean() < 0.02
+    assert (exported[:, 11:] - again[:, 11:]).abs().mean() < 0.02
