@@ -144,18 +144,29 @@ def test_transforms_json(tmp_path):
 
 
 def test_16_bit_renders_are_read_at_their_scale(folder):
-    """A 16-bit RGBA render (as Blender writes with 16-bit colour depth) gives the same item as its
-    8-bit twin, not a blank white one."""
-    from test_images import PNG_RGBA, write_png
+    """16-bit renders (RGBA, and grayscale as some exporters write) give the same items as their
+    8-bit twins, not blank white ones."""
+    from test_images import PNG_GRAY, PNG_RGBA, write_png
 
-    rgb_dir = folder / "obj_a" / "rgb"
-    for png in sorted(rgb_dir.glob("*.png")):
-        rgba8 = np.asarray(Image.open(png))
-        write_png(png, rgba8.astype(np.uint16) * 257, PNG_RGBA)  # 257 * v: the exact 16-bit twin of v
     opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=0)
-    item16 = FolderDataset(opt, "all", all_views=True)[0]
-    write_object(folder, "obj_a")  # the 8-bit originals again
-    item8 = FolderDataset(opt, "all", all_views=True)[0]
-    assert item16["images_output"].min() < 0.5  # not blank
-    torch.testing.assert_close(item16["images_output"], item8["images_output"], atol=1e-6, rtol=0)
-    torch.testing.assert_close(item16["masks_output"], item8["masks_output"], atol=1e-6, rtol=0)
+    for kind in ("rgba", "gray"):
+        for png in sorted((folder / "obj_a" / "rgb").glob("*.png")):
+            rgba8 = np.asarray(Image.open(png).convert("RGBA"))
+            if kind == "rgba":
+                write_png(png, rgba8.astype(np.uint16) * 257, PNG_RGBA)  # 257 * v: the exact 16-bit twin of v
+            else:
+                gray8 = rgba8[..., 0]
+                write_png(png, gray8.astype(np.uint16) * 257, PNG_GRAY)
+                (folder / "twins").mkdir(exist_ok=True)
+                Image.fromarray(gray8).save(folder / "twins" / png.name)
+        item16 = FolderDataset(opt, "all", all_views=True)[0]
+        assert item16["uid"] == "obj_a"
+        if kind == "rgba":
+            write_object(folder, "obj_a")  # the 8-bit originals again
+        else:
+            for twin in (folder / "twins").glob("*.png"):
+                twin.replace(folder / "obj_a" / "rgb" / twin.name)
+        item8 = FolderDataset(opt, "all", all_views=True)[0]
+        assert item16["images_output"].min() < 0.5  # not blank
+        torch.testing.assert_close(item16["images_output"], item8["images_output"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(item16["masks_output"], item8["masks_output"], atol=1e-6, rtol=0)
