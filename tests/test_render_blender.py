@@ -480,3 +480,66 @@ def test_eval_script_on_the_render(rendered, tmp_path):
     assert abs(row["ssim"] - np.mean(ssims)) < 1e-3
     assert abs(row["psnr_blank"] - np.mean(blank)) < 1e-3
     assert summary["psnr"] == pytest.approx(row["psnr"])
+
+
+# ----------------------------------------------------------------------------- mesh export (core/mesh.py)
+
+_GLB_PROBE = '''
+import json, sys
+import bpy
+argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.import_scene.gltf(filepath=argv[0])
+meshes = [o for o in bpy.context.scene.objects if o.type == "MESH"]
+obj = meshes[0]
+mat = obj.active_material
+bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+links = bsdf.inputs["Base Color"].links
+node = links[0].from_node if links else None
+image = node.image if node is not None and node.type == "TEX_IMAGE" else None
+w, h = image.size
+pixels = list(image.pixels)  # RGBA floats, bottom row first
+uv = obj.data.uv_layers.active.data
+sums = {"top": [0.0, 0.0, 0.0, 0], "bottom": [0.0, 0.0, 0.0, 0]}
+for loop in obj.data.loops:
+    z = (obj.matrix_world @ obj.data.vertices[loop.vertex_index].co).z
+    part = "top" if z > 0.12 else "bottom" if z < -0.12 else None
+    if part is None:
+        continue
+    u, v = uv[loop.index].uv
+    x, y = min(int(u * w), w - 1), min(int(v * h), h - 1)
+    k = 4 * (y * w + x)
+    for c in range(3):
+        sums[part][c] += pixels[k + c]
+    sums[part][3] += 1
+print("PROBE " + json.dumps({
+    "meshes": len(meshes), "polygons": len(obj.data.polygons), "image": [w, h],
+    "base_color_linked_to_image": image is not None,
+    "top": [s / sums["top"][3] for s in sums["top"][:3]],
+    "bottom": [s / sums["bottom"][3] for s in sums["bottom"][:3]],
+}))
+'''
+
+
+def test_mesh_glb_loads_in_blender_with_its_texture(blender_cmd, tmp_path):
+    """A .glb from core.mesh (Gaussians on a sphere, red above, blue below) imported by Blender's
+    glTF importer: one mesh, its faces, the texture wired to the base colour, and the texture
+    read through Blender's own UVs gives red on top (Blender +z = our +y) and blue below."""
+    from core import mesh as M
+    from test_mesh import BLUE, RED, Sphere, surface_gaussians
+
+    result = M.gaussians_to_mesh(surface_gaussians(Sphere(), n=12000), resolution=96, faces=3000, texture_size=256)
+    glb = tmp_path / "sphere.glb"
+    M.save_mesh(result, glb)
+    probe = tmp_path / "probe.py"
+    probe.write_text(_GLB_PROBE)
+    cmd = [str(probe) if part == str(SCRIPT) else part for part in blender_cmd]
+    run = subprocess.run([*cmd, str(glb)], capture_output=True, text=True, timeout=300)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
+    assert run.returncode == 0 and lines, (run.stdout[-2000:], run.stderr[-2000:])
+    found = json.loads(lines[-1][len("PROBE "):])
+    print(f"\nBlender: {found}")
+    assert found["meshes"] == 1 and found["polygons"] == len(result.faces)
+    assert found["base_color_linked_to_image"] and found["image"] == [256, 256]
+    assert np.abs(np.array(found["top"]) - RED).max() < 12 / 255, found["top"]
+    assert np.abs(np.array(found["bottom"]) - BLUE).max() < 12 / 255, found["bottom"]
