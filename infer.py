@@ -5,14 +5,14 @@
     python infer.py --views four_views.png            # your own 4 views (azimuths 0/90/180/270)
 
 Per input, in --workspace: <name>.ply, <name>.mp4, <name>_mv.png (the 4 views side by side, in
-LGM's order: feed it back with --views) and, with --splat, <name>.splat. Runs in fp16 on CUDA and
-fp32 on the CPU. A weight file that is missing and cannot be downloaded stops the run with exit
-code 2 and a message naming the file and the command that fetches it.
+LGM's order: feed it back with --views), with --splat <name>.splat and with --mesh <name>.glb (a
+textured mesh). Runs in fp16 on CUDA and fp32 on the CPU. A weight file that is missing and cannot
+be downloaded stops the run with exit code 2 and a message naming the file and the command that
+fetches it.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from typing import Annotated, Optional, Tuple
 import numpy as np
 import tyro
 
-from core.generation import GenerationError, unique_names
+from core.generation import GenerationError, prompt_name, unique_names
 from core.images import IMAGE_SUFFIXES, ImageReadError, read_image
 
 
@@ -60,6 +60,11 @@ class InferArgs:
     """Empty margin around the recentred object, as a fraction of the image side."""
     splat: bool = False
     """Also write <name>.splat (the antimatter15 web-viewer format)."""
+    y_down: bool = False
+    """Write .ply and .splat y-down (the COLMAP / 3DGS training convention that PlayCanvas SuperSplat and
+    splat-transform expect) instead of y-up (three.js viewers, Gradio, scripts/viewer.py)."""
+    mesh: bool = False
+    """Also write <name>.glb: a textured mesh extracted from the Gaussians (core.mesh; takes seconds)."""
     video_frames: int = 180
     """Frames of the 360-degree turntable video (0 = no video)."""
     fps: int = 30
@@ -77,11 +82,6 @@ class Job:
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def _slug(text: str, limit: int = 48) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-    return slug[:limit] or "prompt"
 
 
 def collect_jobs(args: InferArgs) -> list[Job]:
@@ -110,7 +110,7 @@ def collect_jobs(args: InferArgs) -> list[Job]:
         else:
             raise GenerationError(f"no such file or folder: {p}")
     if not jobs and args.prompt:
-        jobs.append(Job(_slug(args.prompt), "prompt"))
+        jobs.append(Job(prompt_name(args.prompt), "prompt"))
     if not jobs:
         raise GenerationError("nothing to do: give image files or folders, --prompt TEXT, or --views PATH")
     for job, name in zip(jobs, unique_names([j.name for j in jobs])):
@@ -138,7 +138,8 @@ def settings_of(args: InferArgs):
         steps=args.steps, guidance_scale=args.guidance_scale, elevation=args.elevation, seed=args.seed,
         border_ratio=args.border_ratio, negative_prompt=args.negative_prompt,
     ).check()
-    return settings, ExportSettings(video_frames=args.video_frames, fps=args.fps, splat=args.splat).check()
+    export = ExportSettings(video_frames=args.video_frames, fps=args.fps, splat=args.splat, y_down=args.y_down, mesh=args.mesh)
+    return settings, export.check()
 
 
 # --------------------------------------------------------------------------- the run
@@ -147,7 +148,7 @@ def settings_of(args: InferArgs):
 def run(args: InferArgs) -> int:
     from core import generation as G
     from core.outputs import prepare_output_dir
-    from core.preprocess import BackgroundRemover, has_alpha_mask, mask_source, prepare_image
+    from core.preprocess import BackgroundRemover, has_alpha_mask, mask_source
 
     # 1. everything the user gave, checked before anything heavy is loaded
     settings, export = settings_of(args)
@@ -181,10 +182,7 @@ def run(args: InferArgs) -> int:
             image = None
             if job.kind == "image":
                 print(f"[infer]   {mask_source(job.image, args.rembg_model)}")
-                try:
-                    image = prepare_image(job.image, remover, settings.border_ratio, G.MV_SIZE)  # [256, 256, 3]
-                except ValueError as e:
-                    raise GenerationError(f"{job.path}: {e}") from e
+                image = G.prepare_input_image(job.image, remover, settings, str(job.path))  # [256, 256, 3]
             views = G.generate_views(pipe, image=image, prompt=args.prompt or "", settings=settings)
         gaussians = G.views_to_gaussians(model, views, elevation=settings.elevation)  # [1, N, 14]
         files = G.export_outputs(model, gaussians, views, workspace / job.name, export, elevation=settings.elevation)

@@ -71,6 +71,11 @@ class ExportSettings:
     """Frame rate of the video."""
     splat: bool = False
     """Also write <name>.splat (the antimatter15 web-viewer format)."""
+    y_down: bool = False
+    """Write .ply and .splat in the y-down convention of COLMAP / 3DGS training scenes (for PlayCanvas
+    SuperSplat and splat-transform) instead of our y-up world. Meshes stay y-up (glTF is y-up)."""
+    mesh: bool = False
+    """Also write <name>.glb, a textured mesh extracted from the Gaussians (core.mesh; takes seconds)."""
 
     def check(self) -> "ExportSettings":
         _require(self.video_frames >= 0, f"video frames must be >= 0 (0 = no video), got {self.video_frames}")
@@ -103,6 +108,14 @@ def unique_names(names: list[str]) -> list[str]:
         given.add(name)
         out.append(name)
     return out
+
+
+def prompt_name(text: str, limit: int = 48) -> str:
+    """A file name for a prompt: lowercase letters and digits joined by '_' ("A chair!" -> "a_chair")."""
+    import re
+
+    name = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return name[:limit] or "prompt"
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -202,6 +215,21 @@ def load_mv_pipeline(name_or_path, kind: str, device: torch.device):
 # --------------------------------------------------------------------------- the steps
 
 
+def prepare_input_image(image: np.ndarray, remover=None, settings: Settings = Settings(), source: str = "the image") -> np.ndarray:
+    """A user's image -> ImageDream's input: the object cut out (its alpha, else ``remover``, see
+    core.preprocess), recentred with ``settings.border_ratio`` margin on white.
+
+    image: [H, W, 3|4] float in [0, 1]. -> float32 [256, 256, 3] in [0, 1]. An image with no
+    foreground raises GenerationError naming ``source``.
+    """
+    from core.preprocess import prepare_image
+
+    try:
+        return prepare_image(image, remover, settings.border_ratio, MV_SIZE)  # [256, 256, 3]
+    except ValueError as e:
+        raise GenerationError(f"{source}: {e}") from e
+
+
 def generate_views(pipe, image: Optional[np.ndarray] = None, prompt: str = "", settings: Settings = Settings(), progress=True) -> np.ndarray:
     """4 views of one object at the default input cameras, in LGM's order.
 
@@ -247,9 +275,11 @@ def views_to_gaussians(model, views: np.ndarray, elevation: float = 0.0) -> Tens
 def export_outputs(model, gaussians: Tensor, views: Optional[np.ndarray], stem, export: ExportSettings = ExportSettings(),
                    elevation: float = 0.0, progress: bool = True) -> dict[str, Path]:
     """Write ``<stem>.ply``, ``<stem>_mv.png`` (the 4 views side by side, readable by --views),
-    and, as ``export`` says, ``<stem>.mp4`` (turntable) and ``<stem>.splat``.
+    and, as ``export`` says, ``<stem>.splat``, ``<stem>.mp4`` (turntable) and ``<stem>.glb`` (mesh,
+    written last: when no surface can be extracted, GenerationError says so after the rest is written).
 
-    gaussians: [1, N, 14]; views: [4, H, W, 3] or None. -> {kind: path} of the written files.
+    gaussians: [1, N, 14]; views: [4, H, W, 3] or None. -> {kind: path} of the written files, kinds
+    ``ply``, ``views``, ``splat``, ``video``, ``mesh``.
     """
     from core.export import render_turntable, write_video
     from core.gs import GaussianRenderer, save_splat
@@ -259,18 +289,27 @@ def export_outputs(model, gaussians: Tensor, views: Optional[np.ndarray], stem, 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     files = {"ply": stem.with_name(stem.name + ".ply")}
-    model.gs.save_ply(gaussians, files["ply"])
+    model.gs.save_ply(gaussians, files["ply"], y_down=export.y_down)
     if views is not None:
         files["views"] = stem.with_name(stem.name + "_mv.png")
         write_image(files["views"], np.concatenate(list(views), axis=1))  # [H, 4W, 3]
     if export.splat:
         files["splat"] = stem.with_name(stem.name + ".splat")
-        save_splat(gaussians, files["splat"])
+        save_splat(gaussians, files["splat"], y_down=export.y_down)
     if export.video_frames > 0:
         opt = model.opt
         renderer = model.gs if opt.output_size >= MIN_VIDEO_SIZE else GaussianRenderer(replace(opt, output_size=MIN_VIDEO_SIZE))
         frames = render_turntable(renderer, gaussians, opt, num_frames=export.video_frames, elevation=elevation, progress=progress)
         files["video"] = stem.with_name(stem.name + ".mp4")
         write_video(files["video"], frames, fps=export.fps)
+    if export.mesh:
+        from core.mesh import MeshError, gaussians_to_mesh, save_mesh
+
+        path = stem.with_name(stem.name + ".glb")
+        try:
+            save_mesh(gaussians_to_mesh(gaussians, progress=progress), path)
+        except MeshError as e:
+            raise GenerationError(f"no mesh for {path.name} ({', '.join(p.name for p in files.values())} are written): {e}") from e
+        files["mesh"] = path
     return files
 

@@ -130,25 +130,54 @@ class GaussianRenderer:
         return torch_backend.render(gaussians, cam_view, cam_view_proj, size, bg, float(scale_modifier))
 
     # ------------------------------------------------------------------ PLY
-    def save_ply(self, gaussians: Tensor, path, opacity_threshold: float = 0.0) -> int:
+    def save_ply(self, gaussians: Tensor, path, opacity_threshold: float = 0.0, y_down: bool = False) -> int:
         """Write the standard 3DGS PLY (x, y, z, nx, ny, nz, f_dc_0..2, opacity, scale_0..2, rot_0..3)
         with inverse activations: logit opacity, log scale, f_dc = (rgb - 0.5) / SH_C0.
 
         gaussians: [N, 14] or [1, N, 14]; Gaussians with opacity <= opacity_threshold are dropped
-        when the threshold is > 0. Returns the number written.
+        when the threshold is > 0. y_down: write in the y-down convention (:func:`yup_to_ydown`).
+        Returns the number written.
         """
-        return save_ply(gaussians, path, opacity_threshold)
+        return save_ply(gaussians, path, opacity_threshold, y_down)
 
-    def load_ply(self, path) -> Tensor:
+    def load_ply(self, path, y_down: bool = False) -> Tensor:
         """Read a 3DGS PLY into activated Gaussians [N, 14] (float32, CPU). See :func:`load_ply`."""
-        return load_ply(path)
+        return load_ply(path, y_down)
 
 
-def save_ply(gaussians: Tensor, path, opacity_threshold: float = 0.0) -> int:
+def yup_to_ydown(gaussians: Tensor) -> Tensor:
+    """Rotate activated Gaussians 180 degrees about the x axis, (x, y, z) -> (x, -y, -z): our y-up
+    world to the y-down convention of COLMAP / 3DGS training scenes (which PlayCanvas SuperSplat and
+    splat-transform assume). Positions are rotated, and so is every Gaussian's orientation (its
+    rotation R becomes diag(1, -1, -1) R): the quaternion is multiplied on the left by
+    q_x = (0, 1, 0, 0), (w, x, y, z) -> (-x, w, -z, y). Scales, opacity and colour are unchanged.
+    gaussians: [..., 14] -> [..., 14]
+    """
+    return _rotate_x180(gaussians, inverse=False)
+
+
+def ydown_to_yup(gaussians: Tensor) -> Tensor:
+    """Inverse of :func:`yup_to_ydown` (the same rotation; the quaternion is multiplied by
+    q_x^-1 = (0, -1, 0, 0), (w, x, y, z) -> (x, -w, z, -y), so that a round trip gives back the
+    very same quaternions, not their negatives). gaussians: [..., 14] -> [..., 14]"""
+    return _rotate_x180(gaussians, inverse=True)
+
+
+def _rotate_x180(gaussians: Tensor, inverse: bool) -> Tensor:
+    out = gaussians.clone()
+    out[..., 1:3] = -gaussians[..., 1:3]  # y, z
+    w, x, y, z = gaussians[..., 7], gaussians[..., 8], gaussians[..., 9], gaussians[..., 10]
+    out[..., 7:11] = torch.stack([x, -w, z, -y] if inverse else [-x, w, -z, y], dim=-1)
+    return out
+
+
+def save_ply(gaussians: Tensor, path, opacity_threshold: float = 0.0, y_down: bool = False) -> int:
     """See :meth:`GaussianRenderer.save_ply`."""
     from plyfile import PlyData, PlyElement
 
     g = _as_single(gaussians).detach().to("cpu", torch.float64)  # [N, 14]
+    if y_down:
+        g = yup_to_ydown(g)
     if opacity_threshold > 0:
         g = g[g[:, 3] > opacity_threshold]
     xyz = g[:, 0:3]
@@ -172,10 +201,11 @@ def save_ply(gaussians: Tensor, path, opacity_threshold: float = 0.0) -> int:
 _warned_sh = False
 
 
-def load_ply(path) -> Tensor:
+def load_ply(path, y_down: bool = False) -> Tensor:
     """Read a 3DGS PLY into activated Gaussians [N, 14] (float32): sigmoid opacity, exp scale,
     normalized rotation, rgb = clamp(0.5 + SH_C0 * f_dc, 0, 1). Files with higher SH degrees
-    (f_rest_*) are read; only the view-independent DC colour is kept (a warning says so once)."""
+    (f_rest_*) are read; only the view-independent DC colour is kept (a warning says so once).
+    y_down: the file is in the y-down convention; it is turned into our y-up world (:func:`ydown_to_yup`)."""
     global _warned_sh
     from plyfile import PlyData
 
@@ -199,7 +229,8 @@ def load_ply(path) -> Tensor:
     rot = torch.stack([col(f"rot_{i}") for i in range(4)], dim=1)
     rot = rot / rot.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     rgb = (0.5 + SH_C0 * torch.stack([col(f"f_dc_{i}") for i in range(3)], dim=1)).clamp(0.0, 1.0)
-    return torch.cat([xyz, opacity, scale, rot, rgb], dim=1).float()
+    g = torch.cat([xyz, opacity, scale, rot, rgb], dim=1)  # [N, 14]
+    return (ydown_to_yup(g) if y_down else g).float()
 
 
 # ---------------------------------------------------------------------- .splat
@@ -208,16 +239,18 @@ _SPLAT_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "
 assert _SPLAT_DTYPE.itemsize == 32
 
 
-def save_splat(gaussians: Tensor, path) -> int:
+def save_splat(gaussians: Tensor, path, y_down: bool = False) -> int:
     """Write the 32-byte-per-Gaussian ``.splat`` format that web splat viewers read.
 
     Per Gaussian: position 3 x float32, scale 3 x float32 (linear), RGBA 4 x uint8 (rgb and opacity
     times 255, rounded and clipped), rotation w, x, y, z 4 x uint8 = clip(q * 128 + 128, 0, 255) of
     the normalized quaternion. Sorted by size x opacity descending (size = product of the three
     scales), the order the viewers expect for progressive loading. gaussians: [N, 14] or [1, N, 14].
-    Returns the number written.
+    y_down: write in the y-down convention (:func:`yup_to_ydown`). Returns the number written.
     """
     g = _as_single(gaussians).detach().to("cpu", torch.float64)
+    if y_down:
+        g = yup_to_ydown(g)
     order = torch.argsort(-(g[:, 4] * g[:, 5] * g[:, 6] * g[:, 3]), stable=True)
     g = g[order]
     rot = g[:, 7:11] / g[:, 7:11].norm(dim=-1, keepdim=True).clamp(min=1e-12)
@@ -232,9 +265,9 @@ def save_splat(gaussians: Tensor, path) -> int:
     return int(g.shape[0])
 
 
-def load_splat(path) -> Tensor:
+def load_splat(path, y_down: bool = False) -> Tensor:
     """Read a ``.splat`` file back into activated Gaussians [N, 14] (colours, opacity and rotation
-    carry the 8-bit quantisation of the format)."""
+    carry the 8-bit quantisation of the format); y_down: the file is y-down (:func:`ydown_to_yup`)."""
     raw = Path(path).read_bytes()
     if len(raw) % _SPLAT_DTYPE.itemsize:
         raise RendererError(f"{path}: {len(raw)} bytes is not a multiple of 32; not a .splat file")
@@ -244,4 +277,5 @@ def load_splat(path) -> Tensor:
     rgba = torch.from_numpy(data["rgba"].astype(np.float32)) / 255.0
     rot = (torch.from_numpy(data["rotation"].astype(np.float32)) - 128.0) / 128.0
     rot = rot / rot.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    return torch.cat([xyz, rgba[:, 3:4], scale, rot, rgba[:, :3]], dim=1)
+    g = torch.cat([xyz, rgba[:, 3:4], scale, rot, rgba[:, :3]], dim=1)  # [N, 14]
+    return ydown_to_yup(g) if y_down else g
