@@ -119,6 +119,13 @@ def normalize_imagenet(images: Tensor) -> Tensor:
     return (images - mean) / std
 
 
+def unnormalize_imagenet(images: Tensor) -> Tensor:
+    """Undo :func:`normalize_imagenet`, clamped to [0, 1]. [..., 3, H, W] -> [..., 3, H, W]"""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
 def image_grid(rows: list[Tensor]) -> np.ndarray:
     """Tile rows of images into one picture. Each row: [N, 3, H, W] in [0, 1] (same H, W).
     -> float numpy [rows*H, N*W, 3]"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -11,12 +12,22 @@ from torch import Tensor
 
 from core.cameras import default_input_poses, plucker_embedding
 from core.gs import GaussianRenderer
+from core.images import unnormalize_imagenet
 from core.metrics import build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
 from core.unet import UNet
 
 
 INIT_SCALE_BIAS = -1.5  # 0.1 * softplus(-1.5) = 0.020
+PIXEL_CHANNELS = 15  # pixel head: depth (1), offset (3), opacity (1), scale (3), rotation (4), rgb (3)
+PIXEL_INIT_OPACITY = 0.1  # pixel head: starting opacity (4 views' Gaussians overlap on the object)
+PIXEL_INIT_COVER = 0.5  # pixel head: starting scale, as a fraction of a splat pixel's footprint
+PIXEL_INIT_WEIGHT = 0.1  # pixel head: the output layer's weights are scaled down so Gaussians start near their init
+
+
+def head_channels(opt: Options) -> int:
+    """Raw channels the U-Net predicts per splat pixel: 14 for LGM's head, 15 for the pixel head."""
+    return PIXEL_CHANNELS if opt.gaussian_head == "pixel" else 14
 
 
 def activate_gaussians(x: Tensor) -> Tensor:
@@ -29,11 +40,52 @@ def activate_gaussians(x: Tensor) -> Tensor:
     return torch.cat([pos, opacity, scale, rotation, rgb], dim=-1)
 
 
+def splat_footprint(opt: Options) -> float:
+    """World size of one splat pixel at the object's centre (distance ``cam_radius``)."""
+    return 2.0 * opt.cam_radius * math.tan(math.radians(opt.fovy) / 2) / opt.splat_size
+
+
+def splat_rays(rays: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """The ray of each splat pixel, from the Pluecker embedding of the input pixels it covers.
+
+    rays: [N, 6, H, W] ([o x d, d] per input pixel); size: the splat grid side (<= H). A splat
+    pixel's direction is the normalised mean of its input pixels' directions. Returns
+    (direction [N, 3, s, s] unit, centre [N, 3, s, s]: the ray's point nearest the world origin,
+    ``d x (o x d) = o - (o . d) d``).
+    """
+    m = F.adaptive_avg_pool2d(rays[:, :3], size)  # [N, 3, s, s]
+    d = F.adaptive_avg_pool2d(rays[:, 3:], size)
+    norm = d.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    d, m = d / norm, m / norm  # o x d is linear in d for the one camera centre o
+    return d, torch.linalg.cross(d, m, dim=1)
+
+
+def activate_pixel_gaussians(x: Tensor, rays: Tensor, colours: Tensor, opt: Options) -> Tensor:
+    """Pixel head: raw [N, 15, s, s] -> activated Gaussians [N, s, s, 14].
+
+    Each Gaussian sits on its splat pixel's camera ray: position = centre + t d + offset, with
+    ``centre`` the ray's point nearest the world origin (so at t = 0 the Gaussians of a view lie
+    around the object's centre, covering what the view shows), t the predicted change of depth
+    (linear) and offset a small correction bounded by ``opt.pixel_offset``. Colour is the input pixel's colour changed in logit
+    space, so a fresh model already shows each view's picture; scale and opacity start at the
+    constants above (set through the output layer's bias). rays: [N, 6, H, W] Pluecker of the
+    input views; colours: [N, 3, s, s] the input images in [0, 1] at splat resolution.
+    """
+    d, centre = splat_rays(rays, x.shape[-1])
+    pos = centre + x[:, 0:1] * d + opt.pixel_offset * torch.tanh(x[:, 1:4])  # [N, 3, s, s]
+    opacity = torch.sigmoid(x[:, 4:5])
+    scale = 0.1 * F.softplus(x[:, 5:8])
+    rotation = F.normalize(x[:, 8:12], dim=1)
+    base = torch.logit(colours.clamp(0.02, 0.98))
+    rgb = torch.sigmoid(base + x[:, 12:15])
+    return torch.cat([pos, opacity, scale, rotation, rgb], dim=1).permute(0, 2, 3, 1)  # [N, s, s, 14]
+
+
 def build_unet(opt: Options) -> UNet:
-    """The multi-view U-Net of a preset: 9 input channels (RGB + rays), 14 raw Gaussian channels."""
+    """The multi-view U-Net of a preset: 9 input channels (RGB + rays), ``head_channels`` raw outputs."""
     return UNet(
         9,
-        14,
+        head_channels(opt),
         down_channels=opt.down_channels,
         down_attention=opt.down_attention,
         mid_attention=opt.mid_attention,
@@ -55,9 +107,20 @@ class LGM(nn.Module):
         super().__init__()
         self.opt = opt
         self.unet = build_unet(opt)
-        self.conv = nn.Conv2d(14, 14, kernel_size=1)
-        with torch.no_grad():  # start from small Gaussians (scale ~0.02), not 0.07: cheaper to render
-            self.conv.bias[4:7].fill_(INIT_SCALE_BIAS)  # from scratch, and closer to trained models
+        self.shuffle = opt.splat_size // opt.unet_output_size  # 1 except for a finer pixel-head grid
+        c = head_channels(opt)
+        self.conv = nn.Conv2d(c, c * self.shuffle**2, kernel_size=1)
+        with torch.no_grad():
+            if opt.gaussian_head == "pixel":  # each Gaussian starts as its pixel's picture near the centre
+                self.conv.weight.mul_(PIXEL_INIT_WEIGHT)
+                bias = self.conv.bias.view(c, self.shuffle**2)  # pixel_shuffle reads channel c * k^2 + sub-pixel
+                bias.zero_()
+                bias[4] = math.log(PIXEL_INIT_OPACITY / (1 - PIXEL_INIT_OPACITY))
+                sigma = PIXEL_INIT_COVER * splat_footprint(opt)
+                bias[5:8] = math.log(math.expm1(sigma / 0.1))  # 0.1 * softplus(b) = sigma
+                bias[8] = 1.0  # identity rotation
+            else:  # start from small Gaussians (scale ~0.02), not 0.07: cheaper to render
+                self.conv.bias[4:7].fill_(INIT_SCALE_BIAS)  # from scratch, and closer to trained models
         self.gs = GaussianRenderer(opt)
         self._lpips_pretrained = lpips_pretrained
         self._lpips: list[nn.Module] = []  # a list keeps the frozen network out of state_dict()
@@ -74,11 +137,17 @@ class LGM(nn.Module):
         B, V, C, H, W = images.shape
         if V != 4 or C != 9:
             raise ValueError(f"images must be [B, 4, 9, H, W], got {list(images.shape)}")
-        x = self.unet(images.reshape(B * V, C, H, W))  # [B*4, 14, s, s]
-        x = self.conv(x)
+        flat = images.reshape(B * V, C, H, W)
+        x = self.conv(self.unet(flat))  # [B*4, 14 or 15 * k^2, s/k, s/k]
+        if self.shuffle > 1:
+            x = F.pixel_shuffle(x, self.shuffle)  # [B*4, 15, s, s]: k x k Gaussians per U-Net pixel
         s = self.opt.splat_size
         if x.shape[-1] != s:
             raise ValueError(f"input size {H}x{W} gives a {x.shape[-1]}^2 splat grid, preset expects {s}^2")
+        if self.opt.gaussian_head == "pixel":
+            colours = F.adaptive_avg_pool2d(unnormalize_imagenet(flat[:, :3].float()), s)  # [B*4, 3, s, s]
+            g = activate_pixel_gaussians(x.float(), flat[:, 3:].float(), colours, self.opt)  # [B*4, s, s, 14]
+            return g.reshape(B, V * s * s, 14)
         x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
         return activate_gaussians(x.float())
 
@@ -131,5 +200,5 @@ def state_dict_shapes(opt: Options) -> dict[str, tuple]:
     with torch.device("meta"):
         model = nn.Module()
         model.unet = build_unet(opt)
-        model.conv = nn.Conv2d(14, 14, 1)
+        model.conv = nn.Conv2d(head_channels(opt), head_channels(opt) * (opt.splat_size // opt.unet_output_size) ** 2, 1)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from core.images import IMAGENET_MEAN, IMAGENET_STD, image_grid, write_image
+from core.images import image_grid, unnormalize_imagenet, write_image
 from core.metrics import LPIPSUnavailableError, build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
 from core.outputs import describe_os_error, write_atomically
@@ -387,9 +387,7 @@ def evaluate(model, loader, opt: Options, lpips_net: Optional[nn.Module], accele
 # ---------------------------------------------------------------------------- images and logs
 def input_rgb(inputs: Tensor) -> Tensor:
     """Undo the ImageNet normalisation of the input views. [..., 9, H, W] -> [..., 3, H, W] in [0, 1]"""
-    mean = torch.tensor(IMAGENET_MEAN, device=inputs.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=inputs.device).view(3, 1, 1)
-    return (inputs[..., :3, :, :].float() * std + mean).clamp(0, 1)
+    return unnormalize_imagenet(inputs[..., :3, :, :].float())
 
 
 def save_image_grid(path, data: dict, out: dict):

@@ -172,3 +172,112 @@ def test_state_dict_has_no_lpips(micro_opt):
     model = LGM(micro_options(lambda_lpips=1.0), lpips_pretrained=False)
     _ = model.lpips
     assert all(k.startswith(("unet.", "conv.")) for k in model.state_dict())
+
+
+# --------------------------------------------------------------------------- the pixel-aligned head
+
+
+def hand_rays(campos, right, up, back, size: int, fovy: float) -> torch.Tensor:
+    """Pluecker rays [o x d, d] of a pinhole camera written out pixel by pixel. -> [6, size, size]"""
+    f = size / 2 / math.tan(math.radians(fovy) / 2)
+    o = torch.tensor(campos, dtype=torch.float64)
+    out = torch.zeros(6, size, size, dtype=torch.float64)
+    for i in range(size):
+        for j in range(size):
+            x, y = (j + 0.5 - size / 2) / f, -(i + 0.5 - size / 2) / f
+            d = x * torch.tensor(right) + y * torch.tensor(up) - torch.tensor(back, dtype=torch.float64)
+            d = d / d.norm()
+            out[:3, i, j] = torch.linalg.cross(o, d)
+            out[3:, i, j] = d
+    return out
+
+
+def test_pixel_head_puts_each_gaussian_on_its_pixels_ray_at_the_predicted_depth():
+    """Two hand-built cameras (in front, azimuth 0; at the side, azimuth 90); 4 px input, 2 px splat
+    grid: each splat pixel's ray is the normalised mean of its 2x2 input pixels' rays."""
+    from core.models import activate_pixel_gaussians
+
+    opt = micro_options(gaussian_head="pixel", pixel_offset=0.05)
+    cams = [((0.0, 0.0, 1.5), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+            ((1.5, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0))]
+    rays = torch.stack([hand_rays(*c, size=4, fovy=opt.fovy) for c in cams]).float()  # [2, 6, 4, 4]
+    t = torch.tensor([[0.3, -0.2], [0.0, 0.7]])  # depth change per splat pixel
+    raw = torch.zeros(2, 15, 2, 2)
+    raw[:, 0] = t
+    colours = torch.rand(2, 3, 2, 2)
+    g = activate_pixel_gaussians(raw, rays, colours, opt)  # [2, 2, 2, 14]
+    for v, (campos, *_) in enumerate(cams):
+        o = torch.tensor(campos)
+        for i in range(2):
+            for j in range(2):
+                d = rays[v, 3:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean((1, 2))
+                d = d / d.norm()
+                depth = -(o @ d) + t[i, j]  # from the camera: to the point nearest the origin, then t
+                torch.testing.assert_close(g[v, i, j, :3], o + depth * d, atol=1e-5, rtol=0)
+    # an offset moves it off the ray by at most pixel_offset
+    raw[:, 1:4] = 50.0
+    g2 = activate_pixel_gaussians(raw, rays, colours, opt)
+    torch.testing.assert_close(g2[..., :3] - g[..., :3], torch.full_like(g[..., :3], 0.05), atol=1e-6, rtol=0)
+
+
+def test_fresh_pixel_head_shows_each_views_picture():
+    """At initialisation every Gaussian has its input pixel's colour (to 0.02, the logit clamp),
+    covers its pixel (scale = half a splat pixel's footprint) and starts near the object's centre."""
+    from core.images import normalize_imagenet
+    from core.models import PIXEL_INIT_COVER, PIXEL_INIT_OPACITY, splat_footprint
+
+    opt = micro_options(gaussian_head="pixel")
+    model = LGM(opt).eval()
+    with torch.no_grad():
+        model.conv.weight.zero_()  # the fresh model's weights are small; zero isolates the initial values
+    rgb = torch.rand(1, 4, 3, 32, 32)
+    x = torch.cat([normalize_imagenet(rgb), model.prepare_default_rays()[None]], dim=2)
+    g = model.forward_gaussians(x)[0]  # [4*16*16, 14]
+    want = F.avg_pool2d(rgb[0], 2).permute(0, 2, 3, 1).reshape(-1, 3).clamp(0.02, 0.98)
+    torch.testing.assert_close(g[:, 11:14], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g[:, 3], torch.full_like(g[:, 3], PIXEL_INIT_OPACITY))
+    torch.testing.assert_close(g[:, 4:7], torch.full_like(g[:, 4:7], PIXEL_INIT_COVER * splat_footprint(opt)))
+    assert g[:, :3].norm(dim=-1).max() < opt.cam_radius * math.sin(math.radians(opt.fovy) / 2 * math.sqrt(2)) + 1e-4
+
+
+def test_one_step_with_the_pixel_head_lowers_the_loss():
+    from core.datasets.synthetic import SyntheticDataset
+    from core.training import collate
+
+    torch.manual_seed(0)
+    opt = micro_options(num_views=5, gaussian_head="pixel")
+    model = LGM(opt)
+    assert state_dict_shapes(opt)["conv.weight"] == (15, 15, 1, 1)
+    batch = collate([SyntheticDataset(opt, "train")[i] for i in range(2)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+    loss0 = model(batch)["loss"]
+    loss0.backward()
+    optimizer.step()
+    with torch.no_grad():
+        loss1 = model(batch)["loss"]
+    assert loss1 < loss0
+
+
+def test_pixel_head_with_k_by_k_gaussians_per_unet_pixel():
+    """splat_size 32 on a 16x16 U-Net output: each U-Net pixel predicts 2x2 Gaussians through
+    pixel_shuffle; every one starts at its own input pixel's colour with the initial opacity and scale."""
+    from core.images import normalize_imagenet
+    from core.models import PIXEL_INIT_OPACITY
+    from core.options import OptionsError
+
+    opt = micro_options(gaussian_head="pixel", splat_size=32)
+    assert opt.unet_output_size == 16
+    model = LGM(opt).eval()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == state_dict_shapes(opt)
+    with torch.no_grad():
+        model.conv.weight.zero_()
+        rgb = torch.rand(1, 4, 3, 32, 32)
+        g = model.forward_gaussians(torch.cat([normalize_imagenet(rgb), model.prepare_default_rays()[None]], 2))[0]
+    assert g.shape == (4 * 32 * 32, 14)
+    torch.testing.assert_close(g[:, 11:14], rgb[0].permute(0, 2, 3, 1).reshape(-1, 3).clamp(0.02, 0.98), atol=1e-5, rtol=0)
+    torch.testing.assert_close(g[:, 3], torch.full_like(g[:, 3], PIXEL_INIT_OPACITY))
+    for bad in (24, 64):  # not a multiple of 16; more Gaussians than input pixels
+        with pytest.raises(OptionsError, match="pixel head"):
+            micro_options(gaussian_head="pixel", splat_size=bad)
+    with pytest.raises(OptionsError, match="splat_size=32"):
+        micro_options(splat_size=32)  # LGM's head: the U-Net's grid only
