@@ -22,6 +22,10 @@ from typing import Annotated, Optional, Tuple
 import numpy as np
 import tyro
 
+from core.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
+
 from core.generation import GenerationError, prompt_name, unique_names
 from core.images import IMAGE_SUFFIXES, ImageReadError, read_image
 

@@ -17,7 +17,11 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+from core.runtime import configure_cpu_threads
+
+configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep, so a busy machine does not stall us
+
+import torch  # noqa: E402
 
 
 def main() -> int:

@@ -45,6 +45,11 @@ import tyro  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.runtime import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
+
+
 from core import generation as G  # noqa: E402
 from core.generation import ExportSettings, GenerationError, Settings  # noqa: E402
 from core.images import ImageReadError, read_image, write_image  # noqa: E402

@@ -1,7 +1,7 @@
 """Benchmark of the mesh export on a model-sized input: seconds and peak memory of
 ``scripts/convert_mesh.py`` on 65,536 Gaussians (the ``big`` preset's 4 x 128^2), as a user runs it.
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/bench_mesh.py                # big: 4 x 128^2 Gaussians
+    python scripts/bench_mesh.py                                        # big: 4 x 128^2 Gaussians
     python scripts/bench_mesh.py --splat-size 64 --threads 2 --object 3  # 16,384 Gaussians, another object
 
 The input stands in for an LGM reconstruction of one of the embedded synthetic objects: one
@@ -27,10 +27,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runtime import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from core.cameras import default_input_poses, get_rays  # noqa: E402
 from core.datasets.synthetic import OBJECT_BOUND, cast_rays, sample_object, shade  # noqa: E402

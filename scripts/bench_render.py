@@ -22,19 +22,18 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
-# Shared CPUs: OpenMP threads that spin while waiting for a preempted sibling make every small op
-# cost a scheduler time slice. Passive waiting keeps 2 threads useful when other work runs.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runtime import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
 
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cameras import orbit_camera, projection_matrix, renderer_cameras  # noqa: E402
 from core.gs import GaussianRenderer  # noqa: E402

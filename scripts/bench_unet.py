@@ -12,9 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runtime import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
+
+import torch  # noqa: E402
 
 from core.models import LGM  # noqa: E402
 from core.options import config_defaults  # noqa: E402

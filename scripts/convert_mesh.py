@@ -20,9 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runtime import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
+
+import torch  # noqa: E402
 
 from core import mesh as M  # noqa: E402
 

@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
-import torch
 import tyro
-from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.runtime import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from core.cameras import opencv_to_opengl, orbit_camera, projection_matrix, renderer_cameras  # noqa: E402
 from core.rasterizer.torch_backend import quaternion_to_matrix  # noqa: E402
