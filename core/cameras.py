@@ -177,3 +177,13 @@ def normalize_to_first_view(c2w: Tensor, radius: float = 1.5) -> Tensor:
     canonical[2, 3] = radius
     transform = canonical @ torch.linalg.inv(c2w[0])
     return transform.unsqueeze(0) @ c2w
+
+
+def scale_to_radius(c2w: Tensor, radius: float = 1.5) -> Tensor:
+    """Scale the scene so that the cameras' median distance from the origin becomes ``radius``
+    (datasets rendered at another distance then match the model's cameras; a uniform scale keeps
+    every image valid). c2w: [V, 4, 4] -> a scaled copy [V, 4, 4]"""
+    out = c2w.clone()
+    dist = out[:, :3, 3].norm(dim=-1).median()
+    out[:, :3, 3] *= radius / dist.clamp_min(1e-6)
+    return out

@@ -137,3 +137,14 @@ def test_normalize_to_first_view():
     rel = torch.linalg.inv(poses[0]) @ poses[1:]
     rel_out = torch.linalg.inv(out[0]) @ out[1:]
     assert torch.allclose(rel, rel_out, atol=1e-5)
+
+
+def test_scale_to_radius_uses_the_median_distance():
+    from core.cameras import scale_to_radius
+
+    c2w = torch.eye(4).repeat(3, 1, 1)
+    c2w[:, :3, 3] = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0]])  # distances 1, 2, 3: median 2
+    out = scale_to_radius(c2w, radius=1.5)
+    torch.testing.assert_close(out[:, :3, 3], c2w[:, :3, 3] * 0.75)
+    torch.testing.assert_close(out[:, :3, :3], c2w[:, :3, :3])  # rotations untouched
+    assert c2w[2, 2, 3] == 3.0  # the input is not changed in place

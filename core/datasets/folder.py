@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from core.cameras import blender_to_opengl, zup_to_yup
+from core.cameras import blender_to_opengl, scale_to_radius, zup_to_yup
 from core.datasets.common import make_item
 from core.images import ImageReadError, read_image
 from core.options import Options
@@ -305,8 +305,7 @@ class FolderDataset(Dataset):
         size = max(self.opt.input_size, self.opt.output_size)
         rgba = torch.stack([_to_rgba(im, size) for im in images])  # [V, 4, S, S]
         c2w = torch.stack(poses)  # [V, 4, 4]
-        dist = c2w[:, :3, 3].norm(dim=-1).median()
-        c2w[:, :3, 3] *= self.opt.cam_radius / dist.clamp_min(1e-6)
+        c2w = scale_to_radius(c2w, self.opt.cam_radius)
         rng = self._generator(index, 2) if self.split == "train" else None
         item = make_item(rgba, c2w, self.opt, rng)
         item["uid"] = rec.uid

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from core.cameras import blender_to_opengl
+from core.cameras import blender_to_opengl, scale_to_radius
 from core.datasets.common import make_item
 from core.datasets.folder import FolderDatasetError
 from core.images import read_image
@@ -388,8 +388,7 @@ class GobjaverseItems:
             images.append(resample_to_fov(img, view.fov[0], view.fov[1], self.opt.fovy, size))
         rgba = torch.stack(images)  # [V, 4, S, S]
         c2w = torch.stack([v.c2w for v in views])  # [V, 4, 4]
-        dist = c2w[:, :3, 3].norm(dim=-1).median()
-        c2w[:, :3, 3] *= self.opt.cam_radius / dist.clamp_min(1e-6)
+        c2w = scale_to_radius(c2w, self.opt.cam_radius)
         rng = self._generator(index, 3) if self.split == "train" else None
         item = make_item(rgba, c2w, self.opt, rng)
         item["uid"] = obj.uid
