@@ -6,8 +6,7 @@
 PY ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-DEMO_STEPS ?= 360
-DEMO_MINUTES ?= 9.5
+DEMO_STEPS ?= 300
 
 .PHONY: demo test venv venv-dev bench
 
@@ -30,7 +29,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	  || echo "NOTE: bpy could not be installed; the Blender tests will be skipped"
 
 demo: venv
-	$(PYTHON) main.py cpu --max_steps $(DEMO_STEPS) --max_minutes $(DEMO_MINUTES) --workspace workspace_demo --export_objects 2
+	$(PYTHON) main.py cpu --max_steps $(DEMO_STEPS) --workspace workspace_demo --export_objects 2
 
 test: venv-dev .venv-blender/.installed
 	$(PYTHON) -m pytest tests -q

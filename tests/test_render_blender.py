@@ -37,14 +37,15 @@ SCRIPT = REPO / "scripts" / "render_blender.py"
 FOVY, RADIUS, NEAR, FAR = 49.1, 1.5, 0.5, 2.5
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("render_blender", SCRIPT)
+def _load(name: str):
+    """A module of scripts/ by name (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-rb = _load_script()
+rb = _load("render_blender")
 
 
 def _default_args(*extra: str):
@@ -188,17 +189,12 @@ def assimp_models(tmp_path_factory) -> Path:
     for candidate in (os.environ.get("ASSIMP_TESTMODELS"), "/usr/share/assimp/models"):
         if candidate and (Path(candidate) / ASSET).is_file():
             return Path(candidate)
-    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
-        pytest.skip("assimp-testmodels: needs apt-get and dpkg-deb (or set ASSIMP_TESTMODELS)")
-    tmp = tmp_path_factory.mktemp("assimp")
+    fetch = _load("fetch_test_meshes")
     try:
-        fetch = ["apt-get", "download", "assimp-testmodels"]
-        subprocess.run(fetch, cwd=tmp, check=True, capture_output=True, timeout=300)
-        deb = next(tmp.glob("assimp-testmodels_*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "root")], check=True, capture_output=True, timeout=300)
-    except (subprocess.SubprocessError, StopIteration, OSError) as e:
-        pytest.skip(f"no assimp-testmodels ({type(e).__name__}): run apt-get update, or set ASSIMP_TESTMODELS")
-    models = tmp / "root" / "usr" / "share" / "assimp" / "models"
+        root = fetch.fetch_debian_package("assimp-testmodels", tmp_path_factory.mktemp("assimp"))
+    except fetch.FetchError as e:
+        pytest.skip(f"no assimp-testmodels ({e}); or set ASSIMP_TESTMODELS")
+    models = root / "usr" / "share" / "assimp" / "models"
     if not (models / ASSET).is_file():
         pytest.skip(f"assimp-testmodels has no {ASSET}")
     return models
