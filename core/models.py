@@ -66,10 +66,11 @@ def activate_pixel_gaussians(x: Tensor, rays: Tensor, colours: Tensor, opt: Opti
     Each Gaussian sits on its splat pixel's camera ray: position = centre + t d + offset, with
     ``centre`` the ray's point nearest the world origin (so at t = 0 the Gaussians of a view lie
     around the object's centre, covering what the view shows), t the predicted change of depth
-    (linear) and offset a small correction bounded by ``opt.pixel_offset``. Colour is the input pixel's colour changed in logit
-    space, so a fresh model already shows each view's picture; scale and opacity start at the
-    constants above (set through the output layer's bias). rays: [N, 6, H, W] Pluecker of the
-    input views; colours: [N, 3, s, s] the input images in [0, 1] at splat resolution.
+    (linear) and offset a small correction bounded by ``opt.pixel_offset``. Colour is the input
+    pixel's colour changed in logit space, so a fresh model already shows each view's picture;
+    scale and opacity start at the constants above (set by :func:`build_head`'s bias).
+    rays: [N, 6, H, W] Pluecker of the input views; colours: [N, 3, s, s] the input images in
+    [0, 1] at splat resolution.
     """
     d, centre = splat_rays(rays, x.shape[-1])
     pos = centre + x[:, 0:1] * d + opt.pixel_offset * torch.tanh(x[:, 1:4])  # [N, 3, s, s]
@@ -79,6 +80,30 @@ def activate_pixel_gaussians(x: Tensor, rays: Tensor, colours: Tensor, opt: Opti
     base = torch.logit(colours.clamp(0.02, 0.98))
     rgb = torch.sigmoid(base + x[:, 12:15])
     return torch.cat([pos, opacity, scale, rotation, rgb], dim=1).permute(0, 2, 3, 1)  # [N, s, s, 14]
+
+
+def build_head(opt: Options) -> nn.Conv2d:
+    """The 1x1 convolution after the U-Net, initialised for the preset's head.
+
+    Pixel head: k^2 groups of 15 channels when each U-Net pixel predicts k x k Gaussians
+    (``pixel_shuffle`` reads channel c * k^2 + sub-pixel), small weights and a bias that starts
+    every Gaussian as its pixel's picture near the object's centre.
+    """
+    c = head_channels(opt)
+    k = opt.splat_size // opt.unet_output_size  # 1 except for a finer pixel-head grid
+    conv = nn.Conv2d(c, c * k**2, kernel_size=1)
+    with torch.no_grad():
+        if opt.gaussian_head == "pixel":
+            conv.weight.mul_(PIXEL_INIT_WEIGHT)
+            bias = conv.bias.view(c, k**2)
+            bias.zero_()
+            bias[4] = math.log(PIXEL_INIT_OPACITY / (1 - PIXEL_INIT_OPACITY))
+            sigma = PIXEL_INIT_COVER * splat_footprint(opt)
+            bias[5:8] = math.log(math.expm1(sigma / 0.1))  # 0.1 * softplus(b) = sigma
+            bias[8] = 1.0  # identity rotation
+        else:  # start from small Gaussians (scale ~0.02), not 0.07: cheaper to render
+            conv.bias[4:7].fill_(INIT_SCALE_BIAS)  # from scratch, and closer to trained models
+    return conv
 
 
 def build_unet(opt: Options) -> UNet:
@@ -107,20 +132,8 @@ class LGM(nn.Module):
         super().__init__()
         self.opt = opt
         self.unet = build_unet(opt)
-        self.shuffle = opt.splat_size // opt.unet_output_size  # 1 except for a finer pixel-head grid
-        c = head_channels(opt)
-        self.conv = nn.Conv2d(c, c * self.shuffle**2, kernel_size=1)
-        with torch.no_grad():
-            if opt.gaussian_head == "pixel":  # each Gaussian starts as its pixel's picture near the centre
-                self.conv.weight.mul_(PIXEL_INIT_WEIGHT)
-                bias = self.conv.bias.view(c, self.shuffle**2)  # pixel_shuffle reads channel c * k^2 + sub-pixel
-                bias.zero_()
-                bias[4] = math.log(PIXEL_INIT_OPACITY / (1 - PIXEL_INIT_OPACITY))
-                sigma = PIXEL_INIT_COVER * splat_footprint(opt)
-                bias[5:8] = math.log(math.expm1(sigma / 0.1))  # 0.1 * softplus(b) = sigma
-                bias[8] = 1.0  # identity rotation
-            else:  # start from small Gaussians (scale ~0.02), not 0.07: cheaper to render
-                self.conv.bias[4:7].fill_(INIT_SCALE_BIAS)  # from scratch, and closer to trained models
+        self.conv = build_head(opt)
+        self.shuffle = opt.splat_size // opt.unet_output_size  # k x k Gaussians per U-Net pixel
         self.gs = GaussianRenderer(opt)
         self._lpips_pretrained = lpips_pretrained
         self._lpips: list[nn.Module] = []  # a list keeps the frozen network out of state_dict()
@@ -200,5 +213,5 @@ def state_dict_shapes(opt: Options) -> dict[str, tuple]:
     with torch.device("meta"):
         model = nn.Module()
         model.unet = build_unet(opt)
-        model.conv = nn.Conv2d(head_channels(opt), head_channels(opt) * (opt.splat_size // opt.unet_output_size) ** 2, 1)
+        model.conv = build_head(opt)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
