@@ -22,7 +22,12 @@ INIT_SCALE_BIAS = -1.5  # 0.1 * softplus(-1.5) = 0.020
 PIXEL_CHANNELS = 15  # pixel head: depth (1), offset (3), opacity (1), scale (3), rotation (4), rgb (3)
 PIXEL_INIT_OPACITY = 0.1  # pixel head: starting opacity (4 views' Gaussians overlap on the object)
 PIXEL_INIT_COVER = 0.5  # pixel head: starting scale, as a fraction of a splat pixel's footprint
+PIXEL_EMPTY_OPACITY = 0.005  # pixel head: starting opacity of rays that miss the visual hull (background)
 PIXEL_INIT_WEIGHT = 0.1  # pixel head: the output layer's weights are scaled down so Gaussians start near their init
+
+EMPTY_OPACITY_SHIFT = math.log(PIXEL_EMPTY_OPACITY / (1 - PIXEL_EMPTY_OPACITY)) - math.log(
+    PIXEL_INIT_OPACITY / (1 - PIXEL_INIT_OPACITY)
+)  # added to the opacity logit of rays that miss the hull
 
 
 def head_channels(opt: Options) -> int:
@@ -60,7 +65,74 @@ def splat_rays(rays: Tensor, size: int) -> tuple[Tensor, Tensor]:
     return d, torch.linalg.cross(d, m, dim=1)
 
 
-def activate_pixel_gaussians(x: Tensor, rays: Tensor, colours: Tensor, opt: Options) -> Tensor:
+def view_axes(rays: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A pinhole camera's centre and axes, recovered from its Pluecker rays.
+
+    rays: [N, 6, H, W] ([o x d, d], d unit, pixel centres symmetric about the principal point).
+    The centre solves ``d x m = o - d (d . o)`` in the least-squares sense over all pixels; the
+    forward axis is the mean direction, right and up the differences of the right and left
+    (top and bottom) halves' mean directions, made orthogonal to it.
+    -> (centre, forward, right, up), each [N, 3]
+    """
+    m, d = rays[:, :3].flatten(2), rays[:, 3:].flatten(2)  # [N, 3, P]
+    eye = torch.eye(3, dtype=d.dtype, device=d.device)
+    a = eye - d @ d.transpose(1, 2) / d.shape[-1]  # [N, 3, 3]
+    centre = torch.linalg.solve(a, torch.linalg.cross(d, m, dim=1).mean(2))
+    h, w = rays.shape[-2:]
+    grid = rays[:, 3:]
+    forward = F.normalize(d.mean(2), dim=1)
+
+    def axis(v: Tensor) -> Tensor:
+        return F.normalize(v - (v * forward).sum(1, keepdim=True) * forward, dim=1)
+
+    right = axis(grid[..., (w + 1) // 2:].mean((2, 3)) - grid[..., : w // 2].mean((2, 3)))
+    up = axis(grid[:, :, : h // 2].mean((2, 3)) - grid[:, :, (h + 1) // 2:].mean((2, 3)))
+    return centre, forward, right, up
+
+
+def foreground(rgb: Tensor) -> Tensor:
+    """Soft foreground of images on a white background: 0 where every channel is >= 0.98, 1 where
+    the darkest channel is <= 0.90. rgb: [N, 3, H, W] in [0, 1] -> [N, 1, H, W]"""
+    return ((0.98 - rgb.min(dim=1, keepdim=True).values) / 0.08).clamp(0, 1)
+
+
+@torch.no_grad()
+def visual_hull_depth(rays: Tensor, mask: Tensor, direction: Tensor, centre: Tensor, opt: Options) -> Tensor:
+    """Where each splat ray first enters the visual hull of its object's 4 input silhouettes.
+
+    rays: [B*4, 6, H, W] Pluecker rays and mask: [B*4, 1, H, W] foreground of the input views, 4
+    consecutive views per object; direction, centre: [B*4, 3, s, s] the splat rays (see
+    :func:`splat_rays`). Samples ``opt.pixel_hull_samples`` points per ray at t in
+    [-opt.pixel_hull_range, +opt.pixel_hull_range] around the ray's point nearest the origin and
+    keeps the first (nearest the camera) that projects inside the foreground of all 4 views.
+    Returns (t [B*4, 1, s, s], 0 for rays that miss the hull; hit [B*4, 1, s, s] bool).
+    """
+    n, _, s, _ = direction.shape
+    b = n // 4
+    t = torch.linspace(-opt.pixel_hull_range, opt.pixel_hull_range, opt.pixel_hull_samples, device=rays.device)
+    points = centre[:, :, None] + t.view(1, 1, -1, 1, 1) * direction[:, :, None]  # [B*4, 3, K, s, s]
+    points = points.reshape(b, 4, 3, -1).transpose(1, 2).reshape(b, 3, -1)  # [B, 3, 4*K*s*s]
+    origin, forward, right, up = (v.view(b, 4, 3) for v in view_axes(rays))
+    tan = math.tan(math.radians(opt.fovy) / 2)
+    inside = torch.ones(b, points.shape[-1], device=rays.device)
+    for j in range(4):  # project every sample into each input view of its object
+        v = points - origin[:, j, :, None]  # [B, 3, P]
+        z = (v * forward[:, j, :, None]).sum(1)
+        x = (v * right[:, j, :, None]).sum(1) / (z.clamp_min(1e-6) * tan)
+        y = (v * up[:, j, :, None]).sum(1) / (z.clamp_min(1e-6) * tan)
+        grid = torch.stack([x, -y], dim=-1)[:, None]  # [B, 1, P, 2]; grid_sample's y points down
+        seen = F.grid_sample(mask.view(b, 4, 1, *mask.shape[-2:])[:, j], grid, align_corners=False)[:, 0, 0]
+        inside = torch.minimum(inside, seen * (z > 0))
+    hit = (inside > 0.5).view(b, 4, -1, s, s).reshape(n, -1, s, s)  # [B*4, K, s, s]
+    first = hit.int().argmax(dim=1, keepdim=True)  # the first sample inside (argmax returns the first max)
+    entered = hit.any(dim=1, keepdim=True)
+    return torch.where(entered, t[first], torch.zeros_like(first, dtype=t.dtype)), entered
+
+
+def activate_pixel_gaussians(
+    x: Tensor, rays: Tensor, colours: Tensor, opt: Options, start: Optional[Tensor] = None,
+    empty: Optional[Tensor] = None,
+) -> Tensor:
     """Pixel head: raw [N, 15, s, s] -> activated Gaussians [N, s, s, 14].
 
     Each Gaussian sits on its splat pixel's camera ray: position = centre + t d + offset, with
@@ -70,11 +142,18 @@ def activate_pixel_gaussians(x: Tensor, rays: Tensor, colours: Tensor, opt: Opti
     pixel's colour changed in logit space, so a fresh model already shows each view's picture;
     scale and opacity start at the constants above (set by :func:`build_head`'s bias).
     rays: [N, 6, H, W] Pluecker of the input views; colours: [N, 3, s, s] the input images in
-    [0, 1] at splat resolution.
+    [0, 1] at splat resolution; start: [N, 1, s, s] where t = 0 lies on each ray (default: the
+    point nearest the origin; see :func:`visual_hull_depth`); empty: [N, 1, s, s] bool, rays that
+    miss the hull, whose Gaussians start nearly transparent (``PIXEL_EMPTY_OPACITY``) so that the
+    background's white Gaussians do not veil the object in the other views.
     """
     d, centre = splat_rays(rays, x.shape[-1])
-    pos = centre + x[:, 0:1] * d + opt.pixel_offset * torch.tanh(x[:, 1:4])  # [N, 3, s, s]
-    opacity = torch.sigmoid(x[:, 4:5])
+    depth = x[:, 0:1] if start is None else start + x[:, 0:1]
+    pos = centre + depth * d + opt.pixel_offset * torch.tanh(x[:, 1:4])  # [N, 3, s, s]
+    opacity_logit = x[:, 4:5]
+    if empty is not None:
+        opacity_logit = opacity_logit + EMPTY_OPACITY_SHIFT * empty
+    opacity = torch.sigmoid(opacity_logit)
     scale = 0.1 * F.softplus(x[:, 5:8])
     rotation = F.normalize(x[:, 8:12], dim=1)
     base = torch.logit(colours.clamp(0.02, 0.98))
@@ -158,8 +237,13 @@ class LGM(nn.Module):
         if x.shape[-1] != s:
             raise ValueError(f"input size {H}x{W} gives a {x.shape[-1]}^2 splat grid, preset expects {s}^2")
         if self.opt.gaussian_head == "pixel":
-            colours = F.adaptive_avg_pool2d(unnormalize_imagenet(flat[:, :3].float()), s)  # [B*4, 3, s, s]
-            g = activate_pixel_gaussians(x.float(), flat[:, 3:].float(), colours, self.opt)  # [B*4, s, s, 14]
+            rgb, rays = unnormalize_imagenet(flat[:, :3].float()), flat[:, 3:].float()
+            colours = F.adaptive_avg_pool2d(rgb, s)  # [B*4, 3, s, s]
+            start = empty = None
+            if self.opt.pixel_visual_hull:
+                start, entered = visual_hull_depth(rays, foreground(rgb), *splat_rays(rays, s), self.opt)
+                empty = ~entered
+            g = activate_pixel_gaussians(x.float(), rays, colours, self.opt, start, empty)  # [B*4, s, s, 14]
             return g.reshape(B, V * s * s, 14)
         x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
         return activate_gaussians(x.float())

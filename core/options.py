@@ -45,6 +45,13 @@ class Options:
     GRM, GS-LRM): far faster to train from scratch."""
     pixel_offset: float = 0.05
     """Pixel head: largest offset of a Gaussian from its pixel's ray (world units)."""
+    pixel_visual_hull: bool = True
+    """Pixel head: depth is predicted from where the pixel's ray enters the visual hull of the 4 input
+    silhouettes (foreground = not white, as LGM's inputs are), not from the plane through the origin."""
+    pixel_hull_range: float = 1.0
+    """Pixel head: the visual hull is searched along each ray within this distance of the origin's plane."""
+    pixel_hull_samples: int = 64
+    """Pixel head: samples per ray of the visual hull search."""
 
     # ------------------------------------------------------------------ cameras
     fovy: float = 49.1
@@ -238,7 +245,7 @@ config_defaults["cpu"] = Options(
     gaussian_head="pixel",  # LGM's absolute positions start as one central blob: 13.5 vs 17.6 dB after 120 steps
     num_views=6,
     batch_size=8,
-    lr=2e-3,
+    lr=4e-3,
     warmup_steps=50,
     lambda_lpips=0.0,
     prob_grid_distortion=0.0,  # many objects per second matter more than robustness here

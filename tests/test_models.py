@@ -226,7 +226,7 @@ def test_fresh_pixel_head_shows_each_views_picture():
     from core.images import normalize_imagenet
     from core.models import PIXEL_INIT_COVER, PIXEL_INIT_OPACITY, splat_footprint
 
-    opt = micro_options(gaussian_head="pixel")
+    opt = micro_options(gaussian_head="pixel", pixel_visual_hull=False)  # the hull: see the sphere test
     model = LGM(opt).eval()
     with torch.no_grad():
         model.conv.weight.zero_()  # the fresh model's weights are small; zero isolates the initial values
@@ -265,7 +265,7 @@ def test_pixel_head_with_k_by_k_gaussians_per_unet_pixel():
     from core.models import PIXEL_INIT_OPACITY
     from core.options import OptionsError
 
-    opt = micro_options(gaussian_head="pixel", splat_size=32)
+    opt = micro_options(gaussian_head="pixel", splat_size=32, pixel_visual_hull=False)
     assert opt.unet_output_size == 16
     model = LGM(opt).eval()
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == state_dict_shapes(opt)
@@ -281,3 +281,53 @@ def test_pixel_head_with_k_by_k_gaussians_per_unet_pixel():
             micro_options(gaussian_head="pixel", splat_size=bad)
     with pytest.raises(OptionsError, match="splat_size=32"):
         micro_options(splat_size=32)  # LGM's head: the U-Net's grid only
+
+
+def test_view_axes_recover_the_cameras_from_their_rays():
+    from core.cameras import default_input_poses, orbit_camera, plucker_embedding
+    from core.models import view_axes
+
+    poses = torch.cat([default_input_poses(-20.0, 1.5), orbit_camera(35.0, 123.0, 2.1)[None]])  # [5, 4, 4]
+    centre, forward, right, up = view_axes(plucker_embedding(poses, 32, 32, 49.1))
+    torch.testing.assert_close(centre, poses[:, :3, 3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(right, poses[:, :3, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(up, poses[:, :3, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(forward, -poses[:, :3, 2], atol=1e-5, rtol=0)
+
+
+def test_visual_hull_depth_of_a_sphere():
+    """A sphere of radius 0.3 at the origin seen by the 4 default cameras (silhouettes from the rays
+    alone: a ray hits it iff its distance to the origin, |o x d|, is below 0.3). The ray through the
+    origin of view 0 enters the hull where the side views' silhouette cones begin:
+    |z| = 1.5 tan(asin(0.3 / 1.5)) = 0.306 in front of the origin."""
+    from core.cameras import default_input_poses, plucker_embedding
+    from core.models import splat_rays, visual_hull_depth
+
+    opt = micro_options(gaussian_head="pixel", input_size=32, splat_size=16)
+    rays = plucker_embedding(default_input_poses(0.0, 1.5), 32, 32, opt.fovy)  # [4, 6, 32, 32]
+    mask = (rays[:, :3].norm(dim=1, keepdim=True) < 0.3).float()
+    direction, centre = splat_rays(rays, 16)
+    t, entered = visual_hull_depth(rays, mask, direction, centre, opt)
+    assert torch.equal(entered, t != 0)
+    t = t[:, 0]  # [4, 16, 16]
+    step = 2 * opt.pixel_hull_range / (opt.pixel_hull_samples - 1)
+    edge = 1.5 * math.tan(math.asin(0.3 / 1.5))
+    centre_t = t[:, 7:9, 7:9]  # the 4 splat pixels around each view's axis (0.04 off it)
+    assert ((centre_t > -edge - 0.03) & (centre_t < -edge + step + 0.03)).all(), centre_t
+    assert (t[:, 0, 0] == 0).all()  # corner rays miss the sphere: no hull, t = 0
+    # every hit is a point inside all 4 silhouette cones, in front of the origin's plane
+    hit = t != 0
+    assert hit.sum() > 4 * 20 and (t[hit] < 0).all()
+
+    # a fresh model on these views: Gaussians of rays that miss the hull start nearly transparent
+    from core.images import normalize_imagenet
+    from core.models import PIXEL_EMPTY_OPACITY, PIXEL_INIT_OPACITY
+
+    model = LGM(opt).eval()
+    with torch.no_grad():
+        model.conv.weight.zero_()
+        rgb = 1 - 0.7 * mask.expand(4, 3, 32, 32)  # a grey sphere on white
+        g = model.forward_gaussians(torch.cat([normalize_imagenet(rgb), rays], dim=1)[None])[0]  # [4*256, 14]
+    want = torch.where(entered.flatten(), PIXEL_INIT_OPACITY, PIXEL_EMPTY_OPACITY)
+    torch.testing.assert_close(g[:, 3], want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g[:, :3], (centre + t[:, None] * direction).permute(0, 2, 3, 1).reshape(-1, 3), atol=1e-5, rtol=0)
