@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from core.cameras import orbit_camera, projection_matrix, renderer_cameras
@@ -16,11 +18,14 @@ from core.options import Options
 @torch.no_grad()
 def render_turntable(
     renderer, gaussians: Tensor, opt: Options, num_frames: int = 180, elevation: float = 0.0, chunk: int = 8,
-    progress: bool = False,
+    progress: bool = False, size: Optional[int] = None,
 ) -> np.ndarray:
     """A 360-degree orbit around the object at ``opt.cam_radius``.
 
-    gaussians: [1, N, 14] -> uint8 frames [F, H, W, 3] (H = W = opt.output_size), white background.
+    gaussians: [1, N, 14] -> uint8 frames [F, H, W, 3], white background. Rendered at the
+    renderer's resolution (H = W = opt.output_size) and, when ``size`` is larger, enlarged to it
+    bilinearly: a model trained on small views then shows what it learned, not the gaps between
+    its Gaussians that a finer render than its training views reveals.
     """
     azimuths = torch.arange(num_frames, dtype=torch.float32) * (360.0 / num_frames)
     poses = orbit_camera(torch.full_like(azimuths, elevation), azimuths, opt.cam_radius)  # [F, 4, 4]
@@ -38,7 +43,10 @@ def render_turntable(
             gaussians.float(), cam_view[None, sl].to(device), cam_view_proj[None, sl].to(device), cam_pos[None, sl].to(device),
             bg_color=torch.ones(3, device=device),
         )
-        frames.append(to_uint8(out["image"][0].permute(0, 2, 3, 1)))  # [f, H, W, 3]
+        image = out["image"][0]  # [f, 3, H, W]
+        if size is not None and size > image.shape[-1]:
+            image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+        frames.append(to_uint8(image.permute(0, 2, 3, 1)))  # [f, H, W, 3]
     return np.concatenate(frames, axis=0)
 
 

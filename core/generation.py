@@ -29,7 +29,7 @@ from core.images import IMAGE_SUFFIXES, ImageReadError, normalize_imagenet, read
 DEFAULT_IMAGEDREAM = "pretrained/imagedream-ipmv-diffusers"
 DEFAULT_MVDREAM = "pretrained/mvdream-sd2.1-diffusers"
 MV_SIZE = 256  # the published MVDream/ImageDream models generate 256 px views
-MIN_VIDEO_SIZE = 256  # turntables of small presets (the CPU demo renders 64 px) are upscaled to this
+MIN_VIDEO_SIZE = 256  # turntables of small presets (the CPU demo renders 64 px) are enlarged to this
 
 
 class GenerationError(ValueError):
@@ -282,8 +282,7 @@ def export_outputs(model, gaussians: Tensor, views: Optional[np.ndarray], stem, 
     ``ply``, ``views``, ``splat``, ``video``, ``mesh``.
     """
     from core.export import render_turntable, write_video
-    from core.gs import GaussianRenderer, save_splat
-    from core.options import replace
+    from core.gs import save_splat
 
     export.check()
     stem = Path(stem)
@@ -298,8 +297,10 @@ def export_outputs(model, gaussians: Tensor, views: Optional[np.ndarray], stem, 
         save_splat(gaussians, files["splat"], y_down=export.y_down)
     if export.video_frames > 0:
         opt = model.opt
-        renderer = model.gs if opt.output_size >= MIN_VIDEO_SIZE else GaussianRenderer(replace(opt, output_size=MIN_VIDEO_SIZE))
-        frames = render_turntable(renderer, gaussians, opt, num_frames=export.video_frames, elevation=elevation, progress=progress)
+        frames = render_turntable(
+            model.gs, gaussians, opt, num_frames=export.video_frames, elevation=elevation, progress=progress,
+            size=MIN_VIDEO_SIZE,
+        )
         files["video"] = stem.with_name(stem.name + ".mp4")
         write_video(files["video"], frames, fps=export.fps)
     if export.mesh:
