@@ -130,8 +130,8 @@ def visual_hull_depth(rays: Tensor, mask: Tensor, direction: Tensor, centre: Ten
 
 
 def activate_pixel_gaussians(
-    x: Tensor, rays: Tensor, colours: Tensor, opt: Options, start: Optional[Tensor] = None,
-    empty: Optional[Tensor] = None,
+    x: Tensor, direction: Tensor, centre: Tensor, colours: Tensor, opt: Options,
+    start: Optional[Tensor] = None, empty: Optional[Tensor] = None,
 ) -> Tensor:
     """Pixel head: raw [N, 15, s, s] -> activated Gaussians [N, s, s, 14].
 
@@ -141,15 +141,14 @@ def activate_pixel_gaussians(
     (linear) and offset a small correction bounded by ``opt.pixel_offset``. Colour is the input
     pixel's colour changed in logit space, so a fresh model already shows each view's picture;
     scale and opacity start at the constants above (set by :func:`build_head`'s bias).
-    rays: [N, 6, H, W] Pluecker of the input views; colours: [N, 3, s, s] the input images in
-    [0, 1] at splat resolution; start: [N, 1, s, s] where t = 0 lies on each ray (default: the
+    direction, centre: [N, 3, s, s] the splat rays (:func:`splat_rays`); colours: [N, 3, s, s]
+    the input images in [0, 1] at splat resolution; start: [N, 1, s, s] where t = 0 lies on each ray (default: the
     point nearest the origin; see :func:`visual_hull_depth`); empty: [N, 1, s, s] bool, rays that
     miss the hull, whose Gaussians start nearly transparent (``PIXEL_EMPTY_OPACITY``) so that the
     background's white Gaussians do not veil the object in the other views.
     """
-    d, centre = splat_rays(rays, x.shape[-1])
     depth = x[:, 0:1] if start is None else start + x[:, 0:1]
-    pos = centre + depth * d + opt.pixel_offset * torch.tanh(x[:, 1:4])  # [N, 3, s, s]
+    pos = centre + depth * direction + opt.pixel_offset * torch.tanh(x[:, 1:4])  # [N, 3, s, s]
     opacity_logit = x[:, 4:5]
     if empty is not None:
         opacity_logit = opacity_logit + EMPTY_OPACITY_SHIFT * empty
@@ -239,11 +238,12 @@ class LGM(nn.Module):
         if self.opt.gaussian_head == "pixel":
             rgb, rays = unnormalize_imagenet(flat[:, :3].float()), flat[:, 3:].float()
             colours = F.adaptive_avg_pool2d(rgb, s)  # [B*4, 3, s, s]
+            direction, centre = splat_rays(rays, s)  # [B*4, 3, s, s] each
             start = empty = None
             if self.opt.pixel_visual_hull:
-                start, entered = visual_hull_depth(rays, foreground(rgb), *splat_rays(rays, s), self.opt)
+                start, entered = visual_hull_depth(rays, foreground(rgb), direction, centre, self.opt)
                 empty = ~entered
-            g = activate_pixel_gaussians(x.float(), rays, colours, self.opt, start, empty)  # [B*4, s, s, 14]
+            g = activate_pixel_gaussians(x.float(), direction, centre, colours, self.opt, start, empty)  # [B*4, s, s, 14]
             return g.reshape(B, V * s * s, 14)
         x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
         return activate_gaussians(x.float())

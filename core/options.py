@@ -41,8 +41,8 @@ class Options:
     gaussian_head: Literal["lgm", "pixel"] = "lgm"
     """How U-Net outputs become Gaussians. 'lgm': absolute positions clamp(x, -1, 1), as the published
     weights need. 'pixel': each Gaussian on its own pixel's camera ray at a predicted depth plus a small
-    bounded offset, starting with its pixel's colour on the plane through the origin (Splatter Image,
-    GRM, GS-LRM): far faster to train from scratch."""
+    bounded offset, starting with its pixel's colour where the ray enters the visual hull (see
+    pixel_visual_hull) (Splatter Image, GRM, GS-LRM): far faster to train from scratch."""
     pixel_offset: float = 0.05
     """Pixel head: largest offset of a Gaussian from its pixel's ray (world units)."""
     pixel_visual_hull: bool = True

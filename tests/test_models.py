@@ -195,7 +195,7 @@ def hand_rays(campos, right, up, back, size: int, fovy: float) -> torch.Tensor:
 def test_pixel_head_puts_each_gaussian_on_its_pixels_ray_at_the_predicted_depth():
     """Two hand-built cameras (in front, azimuth 0; at the side, azimuth 90); 4 px input, 2 px splat
     grid: each splat pixel's ray is the normalised mean of its 2x2 input pixels' rays."""
-    from core.models import activate_pixel_gaussians
+    from core.models import activate_pixel_gaussians, splat_rays
 
     opt = micro_options(gaussian_head="pixel", pixel_offset=0.05)
     cams = [((0.0, 0.0, 1.5), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
@@ -205,7 +205,7 @@ def test_pixel_head_puts_each_gaussian_on_its_pixels_ray_at_the_predicted_depth(
     raw = torch.zeros(2, 15, 2, 2)
     raw[:, 0] = t
     colours = torch.rand(2, 3, 2, 2)
-    g = activate_pixel_gaussians(raw, rays, colours, opt)  # [2, 2, 2, 14]
+    g = activate_pixel_gaussians(raw, *splat_rays(rays, 2), colours, opt)  # [2, 2, 2, 14]
     for v, (campos, *_) in enumerate(cams):
         o = torch.tensor(campos)
         for i in range(2):
@@ -216,7 +216,7 @@ def test_pixel_head_puts_each_gaussian_on_its_pixels_ray_at_the_predicted_depth(
                 torch.testing.assert_close(g[v, i, j, :3], o + depth * d, atol=1e-5, rtol=0)
     # an offset moves it off the ray by at most pixel_offset
     raw[:, 1:4] = 50.0
-    g2 = activate_pixel_gaussians(raw, rays, colours, opt)
+    g2 = activate_pixel_gaussians(raw, *splat_rays(rays, 2), colours, opt)
     torch.testing.assert_close(g2[..., :3] - g[..., :3], torch.full_like(g[..., :3], 0.05), atol=1e-6, rtol=0)
 
 
