@@ -142,10 +142,11 @@ def activate_pixel_gaussians(
     pixel's colour changed in logit space, so a fresh model already shows each view's picture;
     scale and opacity start at the constants above (set by :func:`build_head`'s bias).
     direction, centre: [N, 3, s, s] the splat rays (:func:`splat_rays`); colours: [N, 3, s, s]
-    the input images in [0, 1] at splat resolution; start: [N, 1, s, s] where t = 0 lies on each ray (default: the
-    point nearest the origin; see :func:`visual_hull_depth`); empty: [N, 1, s, s] bool, rays that
-    miss the hull, whose Gaussians start nearly transparent (``PIXEL_EMPTY_OPACITY``) so that the
-    background's white Gaussians do not veil the object in the other views.
+    the input images in [0, 1] at splat resolution; start: [N, 1, s, s] where t = 0 lies on each
+    ray (default: the point nearest the origin; see :func:`visual_hull_depth`); empty:
+    [N, 1, s, s] bool, rays that miss the hull, whose Gaussians start nearly transparent
+    (``PIXEL_EMPTY_OPACITY``) so that the background's white Gaussians do not veil the object in
+    the other views.
     """
     depth = x[:, 0:1] if start is None else start + x[:, 0:1]
     pos = centre + depth * direction + opt.pixel_offset * torch.tanh(x[:, 1:4])  # [N, 3, s, s]
@@ -243,7 +244,8 @@ class LGM(nn.Module):
             if self.opt.pixel_visual_hull:
                 start, entered = visual_hull_depth(rays, foreground(rgb), direction, centre, self.opt)
                 empty = ~entered
-            g = activate_pixel_gaussians(x.float(), direction, centre, colours, self.opt, start, empty)  # [B*4, s, s, 14]
+            g = activate_pixel_gaussians(x.float(), direction, centre, colours, self.opt, start, empty)
+            # g: [B*4, s, s, 14]
             return g.reshape(B, V * s * s, 14)
         x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
         return activate_gaussians(x.float())
