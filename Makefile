@@ -6,7 +6,7 @@
 PY ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 440
 
 .PHONY: demo test venv venv-dev bench
 

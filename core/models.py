@@ -185,10 +185,19 @@ def build_head(opt: Options) -> nn.Conv2d:
     return conv
 
 
+def unet_input_channels(opt: Options) -> int:
+    """9 (RGB + Pluecker rays), plus 2 (hull entry depth and hit) with ``opt.pixel_hull_input``."""
+    return 11 if hull_input(opt) else 9
+
+
+def hull_input(opt: Options) -> bool:
+    return opt.gaussian_head == "pixel" and opt.pixel_visual_hull and opt.pixel_hull_input
+
+
 def build_unet(opt: Options) -> UNet:
-    """The multi-view U-Net of a preset: 9 input channels (RGB + rays), ``head_channels`` raw outputs."""
+    """The multi-view U-Net of a preset: ``unet_input_channels`` in, ``head_channels`` raw outputs."""
     return UNet(
-        9,
+        unet_input_channels(opt),
         head_channels(opt),
         down_channels=opt.down_channels,
         down_attention=opt.down_attention,
@@ -196,6 +205,7 @@ def build_unet(opt: Options) -> UNet:
         up_channels=opt.up_channels,
         up_attention=opt.up_attention,
         attention_heads=opt.attention_heads,
+        layers_per_block=opt.layers_per_block,
         grad_checkpoint=opt.grad_checkpoint,
     )
 
@@ -230,25 +240,31 @@ class LGM(nn.Module):
         if V != 4 or C != 9:
             raise ValueError(f"images must be [B, 4, 9, H, W], got {list(images.shape)}")
         flat = images.reshape(B * V, C, H, W)
-        x = self.conv(self.unet(flat))  # [B*4, 14 or 15 * k^2, s/k, s/k]
+        s = self.opt.splat_size
+        if self.opt.gaussian_head != "pixel":
+            x = self.conv(self.unet(flat))  # [B*4, 14, s, s]
+            if x.shape[-1] != s:
+                raise ValueError(f"input size {H}x{W} gives a {x.shape[-1]}^2 splat grid, preset expects {s}^2")
+            x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
+            return activate_gaussians(x.float())
+        rgb, rays = unnormalize_imagenet(flat[:, :3].float()), flat[:, 3:].float()
+        colours = F.adaptive_avg_pool2d(rgb, s)  # [B*4, 3, s, s]
+        direction, centre = splat_rays(rays, s)  # [B*4, 3, s, s] each
+        start = empty = None
+        unet_in = flat
+        if self.opt.pixel_visual_hull:
+            start, entered = visual_hull_depth(rays, foreground(rgb), direction, centre, self.opt)
+            empty = ~entered
+            if hull_input(self.opt):  # where each ray starts, at input resolution
+                hull = F.interpolate(torch.cat([start, entered.float()], 1), size=(H, W), mode="nearest")
+                unet_in = torch.cat([flat, hull.to(flat.dtype)], 1)
+        x = self.conv(self.unet(unet_in))  # [B*4, 15 * k^2, s/k, s/k]
         if self.shuffle > 1:
             x = F.pixel_shuffle(x, self.shuffle)  # [B*4, 15, s, s]: k x k Gaussians per U-Net pixel
-        s = self.opt.splat_size
         if x.shape[-1] != s:
             raise ValueError(f"input size {H}x{W} gives a {x.shape[-1]}^2 splat grid, preset expects {s}^2")
-        if self.opt.gaussian_head == "pixel":
-            rgb, rays = unnormalize_imagenet(flat[:, :3].float()), flat[:, 3:].float()
-            colours = F.adaptive_avg_pool2d(rgb, s)  # [B*4, 3, s, s]
-            direction, centre = splat_rays(rays, s)  # [B*4, 3, s, s] each
-            start = empty = None
-            if self.opt.pixel_visual_hull:
-                start, entered = visual_hull_depth(rays, foreground(rgb), direction, centre, self.opt)
-                empty = ~entered
-            g = activate_pixel_gaussians(x.float(), direction, centre, colours, self.opt, start, empty)
-            # g: [B*4, s, s, 14]
-            return g.reshape(B, V * s * s, 14)
-        x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
-        return activate_gaussians(x.float())
+        g = activate_pixel_gaussians(x.float(), direction, centre, colours, self.opt, start, empty)  # [B*4, s, s, 14]
+        return g.reshape(B, V * s * s, 14)
 
     # ------------------------------------------------------------------ training
     @property

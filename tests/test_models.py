@@ -331,3 +331,44 @@ def test_visual_hull_depth_of_a_sphere():
     want = torch.where(entered.flatten(), PIXEL_INIT_OPACITY, PIXEL_EMPTY_OPACITY)
     torch.testing.assert_close(g[:, 3], want, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(g[:, :3], (centre + t[:, None] * direction).permute(0, 2, 3, 1).reshape(-1, 3), atol=1e-5, rtol=0)
+
+
+def test_hull_input_gives_the_unet_where_each_ray_starts():
+    """With pixel_hull_input the U-Net's 2 extra channels are, per input pixel, the hull entry t of
+    its splat pixel (nearest upsampling) and whether the ray enters the hull; the 9 others are the
+    caller's images, unchanged."""
+    from core.images import normalize_imagenet
+    from core.cameras import default_input_poses, plucker_embedding
+    from core.models import splat_rays, unet_input_channels, visual_hull_depth
+
+    opt = micro_options(gaussian_head="pixel", input_size=32, splat_size=16, pixel_hull_input=True)
+    assert unet_input_channels(opt) == 11 and unet_input_channels(micro_options()) == 9
+    assert state_dict_shapes(opt)["unet.conv_in.weight"][1] == 11
+    rays = plucker_embedding(default_input_poses(0.0, 1.5), 32, 32, opt.fovy)  # [4, 6, 32, 32]
+    mask = (rays[:, :3].norm(dim=1, keepdim=True) < 0.3).float()
+    t, entered = visual_hull_depth(rays, mask, *splat_rays(rays, 16), opt)  # [4, 1, 16, 16]
+    images = torch.cat([normalize_imagenet(1 - 0.7 * mask.expand(4, 3, 32, 32)), rays], dim=1)
+    model = LGM(opt).eval()
+    seen = []
+    model.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.forward_gaussians(images[None])
+    x = seen[0]  # [4, 11, 32, 32]
+    torch.testing.assert_close(x[:, :9], images)
+    up = t.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    torch.testing.assert_close(x[:, 9:10], up)
+    torch.testing.assert_close(x[:, 10:11], entered.float().repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    assert 0 < x[:, 10].mean() < 1
+
+
+def test_layers_per_block_sets_the_unets_depth():
+    from core.options import OptionsError
+
+    opt = micro_options(layers_per_block=1)
+    model = LGM(opt)
+    assert [len(b.nets) for b in model.unet.down_blocks] == [1, 1]
+    assert [len(b.nets) for b in model.unet.up_blocks] == [2]  # up blocks have one more
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == state_dict_shapes(opt)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in LGM(micro_options()).parameters())
+    with pytest.raises(OptionsError, match="layers_per_block"):
+        micro_options(layers_per_block=0)
