@@ -1,6 +1,6 @@
 """Train LGM: the explicit Accelerate loop.
 
-    python main.py cpu --max_steps 300 --export_objects 2             # 2-core CPU, synthetic data
+    python main.py cpu --max_steps 440 --export_objects 2             # 2-core CPU, synthetic data
     accelerate launch --config_file acc_configs/gpu8.yaml main.py big --dataset folder --data_root DATA
     python main.py big --resume_from latest                            # continue a stopped run
 

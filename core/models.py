@@ -191,6 +191,7 @@ def unet_input_channels(opt: Options) -> int:
 
 
 def hull_input(opt: Options) -> bool:
+    """Whether the U-Net takes the hull entry as input (``opt.pixel_hull_input``, pixel head with the hull)."""
     return opt.gaussian_head == "pixel" and opt.pixel_visual_hull and opt.pixel_hull_input
 
 
@@ -241,30 +242,29 @@ class LGM(nn.Module):
             raise ValueError(f"images must be [B, 4, 9, H, W], got {list(images.shape)}")
         flat = images.reshape(B * V, C, H, W)
         s = self.opt.splat_size
-        if self.opt.gaussian_head != "pixel":
-            x = self.conv(self.unet(flat))  # [B*4, 14, s, s]
-            if x.shape[-1] != s:
-                raise ValueError(f"input size {H}x{W} gives a {x.shape[-1]}^2 splat grid, preset expects {s}^2")
-            x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
-            return activate_gaussians(x.float())
-        rgb, rays = unnormalize_imagenet(flat[:, :3].float()), flat[:, 3:].float()
-        colours = F.adaptive_avg_pool2d(rgb, s)  # [B*4, 3, s, s]
-        direction, centre = splat_rays(rays, s)  # [B*4, 3, s, s] each
-        start = empty = None
         unet_in = flat
-        if self.opt.pixel_visual_hull:
-            start, entered = visual_hull_depth(rays, foreground(rgb), direction, centre, self.opt)
-            empty = ~entered
-            if hull_input(self.opt):  # where each ray starts, at input resolution
-                hull = F.interpolate(torch.cat([start, entered.float()], 1), size=(H, W), mode="nearest")
-                unet_in = torch.cat([flat, hull.to(flat.dtype)], 1)
-        x = self.conv(self.unet(unet_in))  # [B*4, 15 * k^2, s/k, s/k]
+        pixel = self.opt.gaussian_head == "pixel"
+        if pixel:  # each Gaussian's ray, colour and starting depth come from the input views
+            rgb, rays = unnormalize_imagenet(flat[:, :3].float()), flat[:, 3:].float()
+            colours = F.adaptive_avg_pool2d(rgb, s)  # [B*4, 3, s, s]
+            direction, centre = splat_rays(rays, s)  # [B*4, 3, s, s] each
+            start = empty = None
+            if self.opt.pixel_visual_hull:
+                start, entered = visual_hull_depth(rays, foreground(rgb), direction, centre, self.opt)
+                empty = ~entered
+                if hull_input(self.opt):  # where each ray starts, at input resolution
+                    hull = F.interpolate(torch.cat([start, entered.float()], 1), size=(H, W), mode="nearest")
+                    unet_in = torch.cat([flat, hull.to(flat.dtype)], 1)
+        x = self.conv(self.unet(unet_in))  # [B*4, 14 or 15 * k^2, s/k, s/k]
         if self.shuffle > 1:
             x = F.pixel_shuffle(x, self.shuffle)  # [B*4, 15, s, s]: k x k Gaussians per U-Net pixel
         if x.shape[-1] != s:
             raise ValueError(f"input size {H}x{W} gives a {x.shape[-1]}^2 splat grid, preset expects {s}^2")
-        g = activate_pixel_gaussians(x.float(), direction, centre, colours, self.opt, start, empty)  # [B*4, s, s, 14]
-        return g.reshape(B, V * s * s, 14)
+        if pixel:
+            g = activate_pixel_gaussians(x.float(), direction, centre, colours, self.opt, start, empty)
+            return g.reshape(B, V * s * s, 14)  # from [B*4, s, s, 14]
+        x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
+        return activate_gaussians(x.float())
 
     # ------------------------------------------------------------------ training
     @property
