@@ -8,7 +8,8 @@ Backends (``Options.renderer``):
 * ``torch``: :mod:`core.rasterizer.torch_backend`, pure PyTorch on any device, the exact
   semantics of the 3DGS CUDA rasterizer the published weights were trained with;
 * ``gsplat``: :mod:`core.rasterizer.gsplat_backend`, gsplat's fused CUDA kernels (CUDA only);
-* ``auto``: gsplat for CUDA tensors when ``import gsplat`` works, else torch.
+* ``auto``: gsplat for CUDA tensors when its CUDA kernels load (``gsplat_backend.is_available``),
+  else torch (on CUDA with a warning, once).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from core.options import Options
 from core.rasterizer import gsplat_backend, torch_backend
+from core.runtime import at_least_fp32
 
 SH_C0 = 0.28209479177387814  # the degree-0 spherical harmonic: rgb = 0.5 + SH_C0 * f_dc
 _PLY_EPS = 1e-7  # opacity is clamped to [eps, 1 - eps] before the logit, scales to >= 1e-12 before the log
@@ -57,12 +59,27 @@ def _as_single(gaussians: Tensor, name: str = "gaussians") -> Tensor:
     return gaussians
 
 
+_warned_torch_on_cuda = False
+
+
+def _warn_torch_on_cuda(why: str) -> None:
+    """Say once per process that CUDA tensors are rendered without gsplat, and why."""
+    global _warned_torch_on_cuda
+    if not _warned_torch_on_cuda:
+        _warned_torch_on_cuda = True
+        warnings.warn(
+            f"rendering with the pure-PyTorch rasterizer on CUDA, because gsplat cannot be used ({why}). "
+            "It renders the same images, several times slower; install gsplat for speed (README: 'gsplat'), "
+            "or pass --renderer torch to choose it and silence this."
+        )
+
+
 class GaussianRenderer:
     """Renders [B, N, 14] activated Gaussians into [B, V] views of ``opt.output_size`` pixels."""
 
     def __init__(self, opt: Options):
         self.opt = opt
-        self.bg_color = torch.ones(3, dtype=torch.float32)  # white
+        self.bg_color = (1.0, 1.0, 1.0)  # white; numbers, not a tensor, so nothing stays on another device
 
     def backend_for(self, device: torch.device) -> str:
         """'torch' or 'gsplat' for tensors on ``device`` under ``opt.renderer``."""
@@ -79,12 +96,14 @@ class GaussianRenderer:
                 )
             if not available:
                 raise RendererError(
-                    f"Options.renderer='gsplat' but gsplat cannot be imported ({why}); "
-                    "install it (pip install gsplat) or use renderer='torch' / 'auto'"
+                    f"Options.renderer='gsplat' but gsplat cannot be used: {why}. "
+                    "Install it with its kernels (README: 'gsplat') or use renderer='torch' / 'auto'"
                 )
             return "gsplat"
         if choice != "auto":
             raise RendererError(f"Options.renderer must be 'auto', 'torch' or 'gsplat', got {choice!r}")
+        if is_cuda and not available:
+            _warn_torch_on_cuda(why)
         return "gsplat" if (is_cuda and available) else "torch"
 
     def render(
@@ -105,8 +124,7 @@ class GaussianRenderer:
         H = W = opt.output_size; depth is sum(z * alpha * T) (0 on the background).
         """
         _check_tensor("gaussians", gaussians, (None, None, 14))
-        if gaussians.dtype in (torch.float16, torch.bfloat16):
-            gaussians = gaussians.float()  # the rasterizer's thresholds need at least fp32
+        gaussians = at_least_fp32(gaussians)  # the rasterizer's thresholds need at least fp32
         B = gaussians.shape[0]
         _check_tensor("cam_view", cam_view, (B, None, 4, 4))
         V = cam_view.shape[1]

@@ -343,16 +343,48 @@ def test_scale_modifier_scales_the_footprint():
     assert torch.allclose(half["alpha"], ref["alpha"], atol=1e-7)
 
 
-def test_small_tiles_and_slabs_do_not_change_the_image():
-    """Chunk and slab sizes are performance knobs: tiny values must render the same pixels."""
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_slab_and_chunk_sizes_change_neither_pixels_nor_gradients(device):
+    """Chunk and slab sizes are performance knobs, chosen per device (the CUDA ones are run here on
+    the CPU): tiny, CPU and GPU sizes render the same pixels and give the same gradients."""
     view, view_proj, pos = cameras([0.0, -30.0], [0.0, 130.0])
-    g = hard_scene(7, view[0]).float()
-    proj = torch_backend.project_gaussians(g[None], view[None], view_proj[None], 48)
-    bg = torch.ones(2, 3)
-    default = torch_backend.rasterize(proj, 48, bg)
-    tiny = torch_backend.rasterize(proj, 48, bg, slab_size=12, chunk_rows=64)
-    for a, b in zip(default, tiny):
-        assert (a - b).abs().max() <= 1e-6
+    g = hard_scene(7, view[0]).double()
+    bg = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.5, 0.9]], dtype=torch.float64)
+
+    def run(slab_size, chunk_rows):
+        x = g.clone().requires_grad_(True)
+        proj = torch_backend.project_gaussians(x[None], view[None].double(), view_proj[None].double(), 48)
+        out = torch_backend.rasterize(proj, 48, bg, slab_size=slab_size, chunk_rows=chunk_rows)
+        weights = torch.linspace(0.5, 1.5, 48, dtype=torch.float64)  # a loss that weighs pixels differently
+        sum(((o - 0.3) ** 2 * weights).sum() for o in out).backward()
+        return out, x.grad
+
+    chosen = torch_backend.plan_sizes(torch.device(device))
+    assert chosen == ((torch_backend.SLAB_GAUSSIANS, torch_backend.CHUNK_ROWS) if device == "cpu" else
+                      (torch_backend.SLAB_GAUSSIANS_GPU, torch_backend.CHUNK_ROWS_GPU))
+    ref_out, ref_grad = run(12, 64)  # many slabs, many chunks
+    out, grad = run(*chosen)
+    for a, b in zip(ref_out, out):
+        assert (a - b).abs().max() <= 1e-12
+    torch.testing.assert_close(grad, ref_grad, atol=1e-10, rtol=1e-9)
+    assert grad.abs().sum() > 0
+
+
+def test_torch_backend_on_cuda_warns_once(monkeypatch):
+    """Without gsplat's kernels, 'auto' renders CUDA tensors with the torch backend, saying so once."""
+    import warnings
+
+    from core import gs
+    from core.rasterizer import gsplat_backend
+
+    monkeypatch.setattr(gsplat_backend, "is_available", lambda: (False, "ModuleNotFoundError: No module named 'gsplat'"))
+    monkeypatch.setattr(gs, "_warned_torch_on_cuda", False)
+    with pytest.warns(UserWarning, match="pure-PyTorch rasterizer on CUDA.*No module named 'gsplat'"):
+        assert renderer(16, "auto").backend_for(torch.device("cuda")) == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert renderer(16, "auto").backend_for(torch.device("cuda")) == "torch"  # once per process
+        assert renderer(16, "torch").backend_for(torch.device("cuda")) == "torch"  # asked for: no warning
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,7 +1,32 @@
 """gsplat backend: the fused CUDA kernels of the ``gsplat`` library (``gsplat.rasterization``).
 
-Used on CUDA tensors when ``gsplat`` is importable (``Options.renderer`` = ``auto`` or ``gsplat``).
-It takes the same inputs as the torch backend and converts them:
+Used on CUDA tensors when gsplat's kernels load (``Options.renderer`` = ``auto`` or ``gsplat``).
+
+Availability (:func:`is_available`): "gsplat is available" means its CUDA kernels are loaded,
+not only that ``import gsplat`` works. gsplat 1.5.x keeps them in ``gsplat.cuda._backend._C``,
+which is either the prebuilt extension ``gsplat.csrc`` of a binary wheel, or a JIT build that
+importing ``gsplat.cuda._backend`` compiles with the local CUDA toolkit (several minutes the first
+time, cached under torch's extension folder afterwards), or ``None`` with only a printed warning
+when neither exists (the first render would then fail deep inside gsplat). So:
+
+* no CUDA device: ``(False, "no CUDA device")``, without importing ``gsplat.cuda._backend``
+  (that import alone starts a compile on a machine that has ``nvcc``);
+* otherwise import ``gsplat`` and ``gsplat.cuda._backend`` (a note on stderr first when there is
+  no prebuilt ``gsplat.csrc``, and the load time when it was slow), then require ``_C`` to hold
+  every kernel that :func:`render` reaches (:data:`KERNELS`); any failure is ``(False, reason)``.
+
+The result is cached per process. In a multi-process run call :func:`load_kernels_in_order`
+first: the main process loads (or compiles) the kernels before the others, so that concurrent
+ranks never compile into the same build folder.
+
+Prebuilt kernels avoid the compile: gsplat publishes wheels with precompiled kernels for some
+python / torch / CUDA combinations at https://docs.gsplat.studio/whl (check there which exist);
+gsplat's README installs them with, e.g. for torch 2.0 and CUDA 11.8,
+``pip install ninja numpy jaxtyping rich`` then
+``pip install gsplat --index-url https://docs.gsplat.studio/whl/pt20cu118``. The PyPI wheel
+(``py3-none-any``) has no kernels and compiles them on first use.
+
+Conversion: :func:`render` takes the same inputs as the torch backend and converts them:
 
 * ``viewmats = cam_view^T``: our ``cam_view`` is the row-vector world-to-camera matrix in OpenCV
   axes (x right, y down, z forward), gsplat wants the column-vector one in the same axes.
@@ -12,6 +37,12 @@ It takes the same inputs as the torch backend and converts them:
 * ``render_mode="RGB+D"`` gives ``sum(z alpha T)`` in the last channel (our ``depth``; "ED" would
   divide by alpha), ``backgrounds`` applies to RGB only, ``eps2d=0.3`` is the same +0.3 dilation,
   ``near_plane=0.2`` the same near cull, ``far_plane`` is left at infinity (3DGS has none).
+
+tests/test_gsplat_glue.py checks this conversion on the CPU: it sends exactly these arguments to
+gsplat's pure-PyTorch reference (``gsplat.rendering._rasterization``) and compares with the torch
+backend. That reference follows the kernels except for its screen-space extent (3.33 sigma per
+axis, without the opacity bound), its ``exp`` and the near-plane tie; the GPU test in
+tests/test_rasterizer.py compares the real kernels.
 
 How gsplat's rules differ from the 3DGS rasterizer that the published weights were trained with
 (the torch backend reproduces the latter; the GPU test measures the gap, PSNR >= 40 dB):
@@ -33,20 +64,108 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import sys
+import time
 
 import torch
 from torch import Tensor
 
 from core.rasterizer.torch_backend import NEAR_CULL, DILATION, tan_half_fov
 
+BACKEND_MODULE = "gsplat.cuda._backend"  # importing it loads, or JIT-compiles, the kernels
+PREBUILT_MODULE = "gsplat.csrc"  # the kernels of a binary wheel
+# The entries of gsplat's ``_C`` that render() reaches through ``gsplat.rasterization`` (gsplat
+# 1.5.x names, from the ``_make_lazy_cuda_func`` / ``_make_lazy_cuda_obj`` calls of the packed
+# projection, tile intersection and rasterization, forward and backward).
+KERNELS = (
+    "CameraModelType",
+    "projection_ewa_3dgs_packed_fwd",
+    "projection_ewa_3dgs_packed_bwd",
+    "intersect_tile",
+    "intersect_offset",
+    "rasterize_to_pixels_3dgs_fwd",
+    "rasterize_to_pixels_3dgs_bwd",
+)
+SLOW_LOAD_S = 5.0  # a kernel load slower than this is reported on stderr
+COMPILE_NOTE = (
+    "gsplat: compiling its CUDA kernels on first use, this takes several minutes (a cached build "
+    "only loads); prebuilt wheels avoid it: see README"
+)
+
 
 @functools.lru_cache(maxsize=None)
 def is_available() -> tuple[bool, str]:
-    """(True, "") when ``import gsplat`` works, else (False, the reason). Checked once."""
+    """(True, "") when gsplat's CUDA kernels are loaded and complete, else (False, the reason).
+
+    Checked once per process (see the module docstring; :func:`clear_availability_cache`).
+    """
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"  # and gsplat.cuda._backend stays unimported
     try:
-        importlib.import_module("gsplat")
-    except Exception as err:  # ImportError, or a broken CUDA build raising at import
-        return False, f"{type(err).__name__}: {err}"
+        gsplat = importlib.import_module("gsplat")
+    except Exception as err:  # ImportError, or a broken install raising at import
+        return False, f"cannot import gsplat ({type(err).__name__}: {err})"
+    try:
+        backend = _load_backend()
+    except Exception as err:  # a failed JIT compile (RuntimeError), a bad prebuilt library (ImportError)
+        return False, f"gsplat's CUDA kernels did not load ({type(err).__name__}: {err})"
+    return _check_kernels(getattr(backend, "_C", None), getattr(gsplat, "__version__", "?"))
+
+
+def clear_availability_cache() -> None:
+    """Forget the cached :func:`is_available` result (for tests)."""
+    is_available.cache_clear()
+
+
+def load_kernels_in_order(accelerator) -> tuple[bool, str]:
+    """:func:`is_available` on every process of an ``accelerate.Accelerator``, the main process
+    first: a JIT compile then happens once, and the other ranks load its build.
+
+    Two rounds (each a barrier on every rank): the main process alone, then the first process of
+    each machine, then the rest, so that a build folder that is not shared across machines is
+    also compiled only once per machine. Returns this process's (available, reason).
+    """
+    with accelerator.main_process_first():
+        if accelerator.is_main_process:
+            is_available()
+    with accelerator.local_main_process_first():
+        return is_available()
+
+
+def _load_backend():
+    """Import ``gsplat.cuda._backend`` (may compile), with a note before and the time after."""
+    if BACKEND_MODULE not in sys.modules and not _has_prebuilt_kernels():
+        print(COMPILE_NOTE, file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    backend = importlib.import_module(BACKEND_MODULE)
+    seconds = time.perf_counter() - start
+    if seconds > SLOW_LOAD_S:
+        print(f"gsplat: CUDA kernels loaded in {seconds:.0f} s", file=sys.stderr, flush=True)
+    return backend
+
+
+def _has_prebuilt_kernels() -> bool:
+    """Whether a binary wheel's ``gsplat.csrc`` exists (found, not imported)."""
+    try:
+        return importlib.util.find_spec(PREBUILT_MODULE) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_kernels(kernels, version: str) -> tuple[bool, str]:
+    """(True, "") when ``kernels`` (gsplat's ``_C``) has every entry of :data:`KERNELS`."""
+    if kernels is None:
+        return False, (
+            f"gsplat {version} has no CUDA kernels (gsplat.cuda._backend._C is None: no prebuilt "
+            "gsplat.csrc and no CUDA toolkit to compile them); install a prebuilt wheel, see README"
+        )
+    missing = [name for name in KERNELS if not hasattr(kernels, name)]
+    if missing:
+        return False, (
+            f"gsplat {version}'s CUDA kernels lack {', '.join(missing)} "
+            "(this backend calls the gsplat 1.5.x kernels)"
+        )
     return True, ""
 
 

@@ -66,8 +66,20 @@ T_MIN = 1e-4  # a pixel stops before a Gaussian that would bring transmittance b
 POWER_FLOOR = -25.0  # exp(-25) * 1 < 1/255: clamping power here never changes a pixel
 MICRO = 4  # micro tile side (pixels): one row of the compositing buffers is 4x4 pixels
 SUPER = 64  # super tile side (pixels), the first level of the expansion hierarchy
-CHUNK_ROWS = 16384  # rows (x 16 pixels) per compositing chunk
-SLAB_GAUSSIANS = 12288  # visible (image, Gaussian) pairs per depth slab, roughly
+CHUNK_ROWS = 16384  # rows (x 16 pixels) per compositing chunk (CPU: fits the caches of a small CPU)
+SLAB_GAUSSIANS = 12288  # visible (image, Gaussian) pairs per depth slab, roughly (CPU)
+CHUNK_ROWS_GPU = 262144  # on GPUs: 16x fewer kernel launches and host syncs; about 0.3 GB of buffers per chunk
+SLAB_GAUSSIANS_GPU = 262144  # on GPUs: up to 64 slabs still come from 16M visible pairs
+
+
+def plan_sizes(device) -> tuple[int, int]:
+    """(slab_size, chunk_rows) for rendering on ``device``. Both are performance knobs only: the
+    image and its gradients do not depend on them (tests/test_rasterizer.py). A 2-core CPU wants
+    small chunks that stay in cache; a GPU wants few, large launches (each slab and chunk costs
+    a few host syncs: ``nonzero``, ``tolist``)."""
+    if torch.device(device).type == "cpu":
+        return SLAB_GAUSSIANS, CHUNK_ROWS
+    return SLAB_GAUSSIANS_GPU, CHUNK_ROWS_GPU
 
 
 @dataclass
@@ -250,7 +262,7 @@ def _ellipse_table(params: Tensor) -> Tensor:
     small margin (pixels outside it are skipped by the alpha rule anyway, so a larger ellipse
     only costs time). Solving for dx at a given dy = v: dx in -k1 v +- sqrt(k2 - k3 v^2).
 
-    params: [10, n] (cx, cy, A, B, C, opacity, ...) -> [8, n] float32 rows cx, cy, k1, k2, k3,
+    params: [10, n] (cx, cy, A, B, C, opacity, ...) -> [8, n] float32 (float64 for float64 params) rows cx, cy, k1, k2, k3,
     v_ext (half height), v_left (dy of the leftmost point; the rightmost is at -v_left), unused.
     Constants are derived in float64. A conic that rounding left indefinite, or a centre too far
     off screen for float32 spans, gets an unbounded ellipse (no culling beyond the pixel box).
@@ -274,7 +286,7 @@ def _ellipse_table(params: Tensor) -> Tensor:
         torch.where(bounded, torch.sqrt(torch.clamp(q * cc / det, min=0.0)) * cb / cc, zero),
         zero,
     ]
-    return torch.stack(rows).to(torch.float32)
+    return torch.stack(rows).to(torch.promote_types(params.dtype, torch.float32))  # float64 renders plan in float64
 
 
 def _ellipse_x_span(g: Tensor, y0: Tensor, height: int, margin: float = 0.02) -> tuple[Tensor, Tensor, Tensor]:
@@ -651,7 +663,7 @@ def render(
     dict(image [B, V, 3, S, S], alpha [B, V, 1, S, S], depth [B, V, 1, S, S])."""
     B, V = cam_view.shape[:2]
     proj = project_gaussians(gaussians, cam_view, cam_view_proj, size, scale_modifier)
-    image, alpha, depth = rasterize(proj, size, bg.reshape(B * V, 3))
+    image, alpha, depth = rasterize(proj, size, bg.reshape(B * V, 3), *plan_sizes(gaussians.device))
     return dict(
         image=image.reshape(B, V, 3, size, size),
         alpha=alpha.reshape(B, V, 1, size, size),
