@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 from core.runtime import configure_cpu_threads
 
@@ -82,6 +83,14 @@ def train(opt) -> int:
     main_proc = accelerator.is_main_process
     say = accelerator.print
     set_seed(opt.seed)
+    if accelerator.device.type == "cuda" and opt.renderer != "torch":  # load (or compile) gsplat's kernels, main process first
+        from core.rasterizer import gsplat_backend
+
+        ok, why = gsplat_backend.load_kernels_in_order(accelerator)
+        if not ok and opt.renderer == "gsplat":
+            say(f"error: --renderer gsplat, but gsplat cannot be used: {why}")
+            return 2
+        say("[render] gsplat's CUDA kernels loaded" if ok else f"[render] gsplat unavailable ({why}): the pure-PyTorch rasterizer renders")
 
     # ------------------------------------------------------------------ model
     model = LGM(opt)
@@ -105,7 +114,7 @@ def train(opt) -> int:
     # ------------------------------------------------------------------ optimizer and schedule
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=(0.9, 0.95))
     model, optimizer = accelerator.prepare(model, optimizer)
-    steps_per_epoch = max(len(train_loader) // opt.gradient_accumulation_steps, 1)
+    steps_per_epoch = T.steps_per_epoch(len(train_loader), opt.gradient_accumulation_steps)
     total_steps = opt.max_steps if opt.max_steps is not None else opt.num_epochs * steps_per_epoch
     raw_model = accelerator.unwrap_model(model)
     ema = T.EMA(raw_model, opt.ema_decay) if opt.ema_decay > 0 else None
@@ -132,9 +141,14 @@ def train(opt) -> int:
         f"{len(eval_ds)} eval objects, {accelerator.num_processes} process(es) on {accelerator.device}, "
         f"{steps_per_epoch} steps per epoch, {total_steps} steps, workspace {ws}"
     )
-    lpips_eval = T.try_build_lpips(accelerator.device)
+    # One LPIPS network per run, on the device: the loss's (it follows the model), else one for evaluation.
+    lpips_eval = raw_model.lpips if opt.lambda_lpips > 0 else T.try_build_lpips(accelerator.device)
+    if len(eval_ds) == 0:
+        say("[eval] no held-out objects (--num_eval_objects 0): evaluation is skipped")
 
-    def run_eval(step: int) -> dict:
+    def run_eval(step: int) -> Optional[dict]:
+        if len(eval_ds) == 0:
+            return None
         model.eval()
         with ema.applied_to(raw_model) if ema is not None else contextlib.nullcontext():
             res = T.evaluate(raw_model, eval_loader, opt, lpips_eval, accelerator)
@@ -143,6 +157,9 @@ def train(opt) -> int:
             T.append_jsonl(ws / "metrics.jsonl", {"step": step, **res})
             accelerator.log({f"eval/{k}": v for k, v in res.items() if isinstance(v, float)}, step=step)
             lp = f"{res['lpips']:.4f}" if res["lpips"] is not None else "n/a (no VGG backbone offline)"
+            if res["psnr"] is None:
+                say(f"[eval] step {step}: no held-out object could be scored")
+                return res
             say(
                 f"[eval] step {step}: PSNR {res['psnr']:.2f} dB (blank white {res['psnr_blank']:.2f} dB), "
                 f"SSIM {res['ssim']:.4f}, LPIPS {lp} on {res['num_objects']} held-out objects"
@@ -159,14 +176,13 @@ def train(opt) -> int:
 
     # ------------------------------------------------------------------ the loop
     model.train()
-    epoch, skip = divmod(global_step, steps_per_epoch)
-    skip *= opt.gradient_accumulation_steps
+    epoch, skip = T.loader_position(global_step, len(train_loader), opt.gradient_accumulation_steps)
     t0, last_log, nonfinite, last_saved, last_eval = time.time(), time.time(), 0, global_step, -1
     pbar = tqdm(total=total_steps, initial=global_step, disable=not main_proc, desc="train", dynamic_ncols=True)
     stop, signalled = global_step >= total_steps, False
     while not stop:
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        loader.set_epoch(epoch)  # reaches the sampler's order and the dataset's augmentations
+        T.set_epoch(loader, epoch)  # the sampler's order and the dataset's augmentations, on every process
         skip = 0
         for data in loader:
             with accelerator.accumulate(model):
@@ -249,12 +265,11 @@ def train(opt) -> int:
         return stop_signal.exit_code
     say(f"[train] {global_step} steps in {(time.time() - t0) / 60:.1f} min; weights: {ws / 'model.safetensors'}")
     if accelerator.num_processes > 1:  # data-parallel replicas must agree bit for bit
-        flat = torch.cat([p.detach().double().flatten() for p in raw_model.parameters()])
-        sums = accelerator.gather(torch.stack([flat.sum(), flat.square().sum()]).float().reshape(1, 2).to(accelerator.device))
+        sums = accelerator.gather(T.weight_fingerprint(raw_model).reshape(1, 2))
         same = bool((sums == sums[0]).all())
         say(f"[train] {'identical' if same else 'DIFFERENT'} weights on {accelerator.num_processes} processes")
     res = run_eval(global_step) if last_eval != global_step else None
-    if main_proc and opt.export_objects > 0:
+    if main_proc and opt.export_objects > 0 and len(eval_ds) > 0:
         export_objects(raw_model, ema, eval_ds, opt, ws / "export")
     if main_proc and res is not None and res["psnr"] is not None:
         print(

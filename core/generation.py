@@ -237,20 +237,24 @@ def generate_views(pipe, image: Optional[np.ndarray] = None, prompt: str = "", s
     for MVDream (text only). -> float32 [4, 256, 256, 3] in [0, 1]
     """
     from core.mvdiffusion import to_lgm_order
+    from core.mvdiffusion.pipeline import NonFiniteViewsError
 
     settings.check()
     pipe.set_progress_bar_config(disable=not progress)
-    mv = pipe(
-        prompt=prompt or "",
-        image=image,
-        negative_prompt=settings.negative_prompt,
-        height=MV_SIZE,
-        width=MV_SIZE,
-        elevation=-settings.elevation,  # the pipeline takes MVDream's sign (positive = from above)
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        seed=settings.seed,
-    )  # [4, 256, 256, 3], MVDream's frame order
+    try:
+        mv = pipe(
+            prompt=prompt or "",
+            image=image,
+            negative_prompt=settings.negative_prompt,
+            height=MV_SIZE,
+            width=MV_SIZE,
+            elevation=-settings.elevation,  # the pipeline takes MVDream's sign (positive = from above)
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            seed=settings.seed,
+        )  # [4, 256, 256, 3], MVDream's frame order
+    except NonFiniteViewsError as e:  # a message for people, as the other generation errors
+        raise GenerationError(str(e)) from None
     return to_lgm_order(mv)
 
 

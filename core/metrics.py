@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.runtime import at_least_fp32
 from core.weights import PRETRAINED_DIR, WeightsNotFoundError, download_blocker
 
 VGG16_FILE = "vgg16-397923af.pth"
@@ -23,7 +24,8 @@ VGG16_URL = f"https://{VGG16_HOST}/models/{VGG16_FILE}"
 
 def psnr(pred: Tensor, target: Tensor, per_image: bool = False) -> Tensor:
     """Peak signal-to-noise ratio in dB for images in [0, 1]. [..., C, H, W] -> scalar or [...]"""
-    mse = ((pred.float() - target.float()) ** 2).flatten(-3).mean(-1) if per_image else F.mse_loss(pred.float(), target.float())
+    pred, target = at_least_fp32(pred), at_least_fp32(target)
+    mse = ((pred - target) ** 2).flatten(-3).mean(-1) if per_image else F.mse_loss(pred, target)
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
@@ -38,8 +40,8 @@ def ssim(pred: Tensor, target: Tensor, per_image: bool = False, window: int = 11
     valid region only), averaged over channels and pixels. [..., C, H, W] in [0, 1] -> scalar or [...]"""
     lead = pred.shape[:-3]
     C, H, W = pred.shape[-3:]
-    x = pred.float().reshape(-1, C, H, W)
-    y = target.float().reshape(-1, C, H, W)
+    x = at_least_fp32(pred).reshape(-1, C, H, W)
+    y = at_least_fp32(target).reshape(-1, C, H, W)
     g = _gaussian_window(window, sigma, x.device, x.dtype)
     kernel_h = g.view(1, 1, 1, window).repeat(C, 1, 1, 1)
     kernel_v = g.view(1, 1, window, 1).repeat(C, 1, 1, 1)
@@ -109,8 +111,11 @@ def build_lpips(pretrained_backbone: bool = True) -> torch.nn.Module:
 
 
 def lpips_distance(net: torch.nn.Module, pred: Tensor, target: Tensor, max_size: int = 256) -> Tensor:
-    """LPIPS per image; inputs in [0, 1] resized to at most ``max_size``. [N, 3, H, W] -> [N]"""
+    """LPIPS per image; inputs in [0, 1] resized to at most ``max_size``, computed in the network's
+    dtype (fp32, or float64 in tests). [N, 3, H, W] -> [N]"""
+    dtype = next(net.parameters()).dtype
+    pred, target = pred.to(dtype), target.to(dtype)
     if pred.shape[-1] > max_size or pred.shape[-2] > max_size:
         pred = F.interpolate(pred, size=(max_size, max_size), mode="bilinear", align_corners=False)
         target = F.interpolate(target, size=(max_size, max_size), mode="bilinear", align_corners=False)
-    return net(pred.float() * 2 - 1, target.float() * 2 - 1).flatten()
+    return net(pred * 2 - 1, target * 2 - 1).flatten()

@@ -15,6 +15,7 @@ from core.gs import GaussianRenderer
 from core.images import unnormalize_imagenet
 from core.metrics import build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
+from core.runtime import at_least_fp32, no_autocast
 from core.unet import UNet
 
 
@@ -56,13 +57,15 @@ def splat_rays(rays: Tensor, size: int) -> tuple[Tensor, Tensor]:
     rays: [N, 6, H, W] ([o x d, d] per input pixel); size: the splat grid side (<= H). A splat
     pixel's direction is the normalised mean of its input pixels' directions. Returns
     (direction [N, 3, s, s] unit, centre [N, 3, s, s]: the ray's point nearest the world origin,
-    ``d x (o x d) = o - (o . d) d``).
+    ``d x (o x d) = o - (o . d) d``). Computed in at least fp32, also under autocast.
     """
-    m = F.adaptive_avg_pool2d(rays[:, :3], size)  # [N, 3, s, s]
-    d = F.adaptive_avg_pool2d(rays[:, 3:], size)
-    norm = d.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    d, m = d / norm, m / norm  # o x d is linear in d for the one camera centre o
-    return d, torch.linalg.cross(d, m, dim=1)
+    rays = at_least_fp32(rays)
+    with no_autocast(rays.device):
+        m = F.adaptive_avg_pool2d(rays[:, :3], size)  # [N, 3, s, s]
+        d = F.adaptive_avg_pool2d(rays[:, 3:], size)
+        norm = d.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        d, m = d / norm, m / norm  # o x d is linear in d for the one camera centre o
+        return d, torch.linalg.cross(d, m, dim=1)
 
 
 def view_axes(rays: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -71,9 +74,17 @@ def view_axes(rays: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     rays: [N, 6, H, W] ([o x d, d], d unit, pixel centres symmetric about the principal point).
     The centre solves ``d x m = o - d (d . o)`` in the least-squares sense over all pixels; the
     forward axis is the mean direction, right and up the differences of the right and left
-    (top and bottom) halves' mean directions, made orthogonal to it.
+    (top and bottom) halves' mean directions, made orthogonal to it. The sum behind the solve
+    cancels (|m| ~ radius, the centre ~ radius too): it runs in at least fp32, also under autocast
+    (bf16 would misplace the centre by 1-2%).
     -> (centre, forward, right, up), each [N, 3]
     """
+    rays = at_least_fp32(rays)
+    with no_autocast(rays.device):
+        return _view_axes(rays)
+
+
+def _view_axes(rays: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     m, d = rays[:, :3].flatten(2), rays[:, 3:].flatten(2)  # [N, 3, P]
     eye = torch.eye(3, dtype=d.dtype, device=d.device)
     a = eye - d @ d.transpose(1, 2) / d.shape[-1]  # [N, 3, 3]
@@ -97,7 +108,7 @@ def foreground(rgb: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def visual_hull_depth(rays: Tensor, mask: Tensor, direction: Tensor, centre: Tensor, opt: Options) -> Tensor:
+def visual_hull_depth(rays: Tensor, mask: Tensor, direction: Tensor, centre: Tensor, opt: Options) -> tuple[Tensor, Tensor]:
     """Where each splat ray first enters the visual hull of its object's 4 input silhouettes.
 
     rays: [B*4, 6, H, W] Pluecker rays and mask: [B*4, 1, H, W] foreground of the input views, 4
@@ -105,16 +116,23 @@ def visual_hull_depth(rays: Tensor, mask: Tensor, direction: Tensor, centre: Ten
     :func:`splat_rays`). Samples ``opt.pixel_hull_samples`` points per ray at t in
     [-opt.pixel_hull_range, +opt.pixel_hull_range] around the ray's point nearest the origin and
     keeps the first (nearest the camera) that projects inside the foreground of all 4 views.
+    Runs in at least fp32, also under autocast.
     Returns (t [B*4, 1, s, s], 0 for rays that miss the hull; hit [B*4, 1, s, s] bool).
     """
+    rays, mask, direction, centre = (at_least_fp32(v) for v in (rays, mask, direction, centre))
+    with no_autocast(rays.device):
+        return _visual_hull_depth(rays, mask, direction, centre, opt)
+
+
+def _visual_hull_depth(rays: Tensor, mask: Tensor, direction: Tensor, centre: Tensor, opt: Options) -> tuple[Tensor, Tensor]:
     n, _, s, _ = direction.shape
     b = n // 4
-    t = torch.linspace(-opt.pixel_hull_range, opt.pixel_hull_range, opt.pixel_hull_samples, device=rays.device)
+    t = torch.linspace(-opt.pixel_hull_range, opt.pixel_hull_range, opt.pixel_hull_samples, device=rays.device, dtype=rays.dtype)
     points = centre[:, :, None] + t.view(1, 1, -1, 1, 1) * direction[:, :, None]  # [B*4, 3, K, s, s]
     points = points.reshape(b, 4, 3, -1).transpose(1, 2).reshape(b, 3, -1)  # [B, 3, 4*K*s*s]
     origin, forward, right, up = (v.view(b, 4, 3) for v in view_axes(rays))
     tan = math.tan(math.radians(opt.fovy) / 2)
-    inside = torch.ones(b, points.shape[-1], device=rays.device)
+    inside = torch.ones(b, points.shape[-1], device=rays.device, dtype=rays.dtype)
     for j in range(4):  # project every sample into each input view of its object
         v = points - origin[:, j, :, None]  # [B, 3, P]
         z = (v * forward[:, j, :, None]).sum(1)
@@ -215,7 +233,9 @@ class LGM(nn.Module):
     """Large multi-view Gaussian model: 4 posed views -> 4 * splat_size^2 Gaussians.
 
     ``state_dict()`` holds only ``unet.*`` and ``conv.*`` (the published layout); the renderer and
-    the LPIPS network are kept outside the module tree.
+    the LPIPS network are kept outside the module tree. The LPIPS network still goes wherever the
+    model goes: ``.to()``, ``.cuda()``, ``.double()`` (and so ``accelerator.prepare``) move it too,
+    whenever it was built (:meth:`_apply`).
     """
 
     def __init__(self, opt: Options, lpips_pretrained: bool = True):
@@ -245,7 +265,7 @@ class LGM(nn.Module):
         unet_in = flat
         pixel = self.opt.gaussian_head == "pixel"
         if pixel:  # each Gaussian's ray, colour and starting depth come from the input views
-            rgb, rays = unnormalize_imagenet(flat[:, :3].float()), flat[:, 3:].float()
+            rgb, rays = unnormalize_imagenet(at_least_fp32(flat[:, :3])), at_least_fp32(flat[:, 3:])
             colours = F.adaptive_avg_pool2d(rgb, s)  # [B*4, 3, s, s]
             direction, centre = splat_rays(rays, s)  # [B*4, 3, s, s] each
             start = empty = None
@@ -253,7 +273,7 @@ class LGM(nn.Module):
                 start, entered = visual_hull_depth(rays, foreground(rgb), direction, centre, self.opt)
                 empty = ~entered
                 if hull_input(self.opt):  # where each ray starts, at input resolution
-                    hull = F.interpolate(torch.cat([start, entered.float()], 1), size=(H, W), mode="nearest")
+                    hull = F.interpolate(torch.cat([start, entered.to(start.dtype)], 1), size=(H, W), mode="nearest")
                     unet_in = torch.cat([flat, hull.to(flat.dtype)], 1)
         x = self.conv(self.unet(unet_in))  # [B*4, 14 or 15 * k^2, s/k, s/k]
         if self.shuffle > 1:
@@ -261,18 +281,26 @@ class LGM(nn.Module):
         if x.shape[-1] != s:
             raise ValueError(f"input size {H}x{W} gives a {x.shape[-1]}^2 splat grid, preset expects {s}^2")
         if pixel:
-            g = activate_pixel_gaussians(x.float(), direction, centre, colours, self.opt, start, empty)
+            g = activate_pixel_gaussians(at_least_fp32(x), direction, centre, colours, self.opt, start, empty)
             return g.reshape(B, V * s * s, 14)  # from [B*4, s, s, 14]
         x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
-        return activate_gaussians(x.float())
+        return activate_gaussians(at_least_fp32(x))
 
     # ------------------------------------------------------------------ training
     @property
     def lpips(self) -> nn.Module:
+        """The frozen LPIPS network of the loss, built on first use on the model's device and dtype."""
         if not self._lpips:
-            device = self.conv.weight.device
-            self._lpips.append(build_lpips(self._lpips_pretrained).to(device))
+            w = self.conv.weight
+            self._lpips.append(build_lpips(self._lpips_pretrained).to(device=w.device, dtype=w.dtype))
         return self._lpips[0]
+
+    def _apply(self, fn, recurse: bool = True):
+        """Every ``.to()`` / ``.cuda()`` / ``.double()`` of the model applies to LPIPS as well."""
+        super()._apply(fn, recurse)
+        for net in self._lpips:
+            net._apply(fn)
+        return self
 
     def forward(self, data: dict, step_ratio: float = 1.0) -> dict:
         """One supervised pass: predict Gaussians from ``data['input']``, render every view.
@@ -285,13 +313,15 @@ class LGM(nn.Module):
         if not torch.isfinite(gaussians).all():  # diverged weights: a NaN loss, which the loop skips
             nan = gaussians.sum() * float("nan")
             return {"loss": nan, "loss_mse": nan, "psnr": nan.detach(), "gaussians": gaussians}
-        bg = torch.ones(3, device=gaussians.device)
-        with torch.autocast(device_type=gaussians.device.type, enabled=False):
+        gaussians = at_least_fp32(gaussians)  # losses and rendering in fp32 (or the model's float64)
+        dtype = gaussians.dtype
+        bg = torch.ones(3, device=gaussians.device, dtype=dtype)
+        with no_autocast(gaussians.device):
             out = self.gs.render(
-                gaussians.float(), data["cam_view"].float(), data["cam_view_proj"].float(), data["cam_pos"].float(), bg_color=bg
+                gaussians, data["cam_view"].to(dtype), data["cam_view_proj"].to(dtype), data["cam_pos"].to(dtype), bg_color=bg
             )
             pred_images, pred_alphas = out["image"], out["alpha"]  # [B, V, 3, H, W], [B, V, 1, H, W]
-            gt_images, gt_masks = data["images_output"].float(), data["masks_output"].float()
+            gt_images, gt_masks = data["images_output"].to(dtype), data["masks_output"].to(dtype)
 
             loss_mse = F.mse_loss(pred_images, gt_images) + F.mse_loss(pred_alphas, gt_masks)
             loss = loss_mse

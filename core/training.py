@@ -48,18 +48,20 @@ def build_datasets(opt: Options):
 
 
 def build_loaders(opt: Options, train_ds, eval_ds, accelerator):
-    """(train, eval) DataLoaders, prepared by ``accelerator`` (batches on its device, split across processes).
+    """(train, eval) DataLoaders whose batches arrive on ``accelerator.device``.
 
     Map-style training data is shuffled by :class:`EpochSampler` and split across processes by
     Accelerate. Shards (an IterableDataset) split themselves across processes and workers, so
     their loader is only put on the device: Accelerate's own split of an iterable would make every
-    process read every shard.
+    process read every shard. Evaluation objects are dealt out by :func:`eval_share` (each object
+    on exactly one process, no padding), see :func:`evaluate`.
     """
-    from accelerate.data_loader import prepare_data_loader
     from torch.utils.data import DataLoader, IterableDataset
 
     pin = torch.cuda.is_available()
-    eval_loader = DataLoader(eval_ds, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers, collate_fn=collate)
+    share = eval_share(eval_ds, accelerator.process_index, accelerator.num_processes)
+    eval_loader = on_device(DataLoader(share, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers,
+                                       collate_fn=collate, pin_memory=pin), accelerator)
     if isinstance(train_ds, IterableDataset):
         train_ds.place(accelerator.process_index, accelerator.num_processes)
         accelerator.print(
@@ -68,13 +70,66 @@ def build_loaders(opt: Options, train_ds, eval_ds, accelerator):
         )
         train_loader = DataLoader(train_ds, batch_size=opt.batch_size, num_workers=opt.num_workers, drop_last=True,
                                   collate_fn=collate, pin_memory=pin)
-        train_loader = prepare_data_loader(train_loader, accelerator.device, num_processes=1, process_index=0,
-                                           put_on_device=True, dispatch_batches=False, rng_types=None)
-        return train_loader, accelerator.prepare(eval_loader)
+        return on_device(train_loader, accelerator), eval_loader
     sampler = EpochSampler(len(train_ds), opt.seed)
     train_loader = DataLoader(train_ds, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_workers,
                               drop_last=True, collate_fn=collate, pin_memory=pin)
-    return accelerator.prepare(train_loader, eval_loader)
+    return accelerator.prepare(train_loader), eval_loader
+
+
+def on_device(loader, accelerator):
+    """``loader`` with its batches moved to ``accelerator.device``, not split across processes."""
+    from accelerate.data_loader import prepare_data_loader
+
+    return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True,
+                               dispatch_batches=False, rng_types=None)
+
+
+def eval_share(dataset, rank: int, world: int):
+    """The objects process ``rank`` of ``world`` evaluates: indices rank, rank + world, ...
+
+    Accelerate's split would pad every process to the same number of full batches by repeating
+    objects (with 8 held-out objects, batch 8 and 8 processes, each process evaluates all 8);
+    dealt out like this, each object is evaluated once and :func:`evaluate` gathers the rows.
+    """
+    from torch.utils.data import Subset
+
+    return Subset(dataset, range(rank, len(dataset), world))
+
+
+def set_epoch(loader, epoch: int) -> None:
+    """Tell the epoch to the training sampler(s) and dataset behind ``loader``, on this process.
+
+    ``loader.set_epoch`` alone is not enough: with 2+ processes Accelerate's
+    ``DataLoaderShard.set_epoch`` sets the sharded sampler's epoch and then skips the dataset's (an
+    ``elif``), and the loader of ``skip_first_batches`` nests its samplers once more. It is still
+    called first, as the loader repeats it with its own epoch counter when iteration starts; then
+    every sampler on the chain ``batch_sampler -> batch_sampler -> ... -> sampler`` that has
+    ``set_epoch``, and the dataset, get the epoch too.
+    """
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    node, seen = getattr(loader, "batch_sampler", None), set()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        for obj in (node, getattr(node, "sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+        node = getattr(node, "batch_sampler", None)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+
+
+def steps_per_epoch(batches: int, accumulation: int) -> int:
+    """Optimizer steps in one pass over ``batches`` batches: Accelerate steps every ``accumulation``
+    batches and at the end of the loader, so a shorter last group is a step too (ceil)."""
+    return max(1, math.ceil(batches / accumulation))
+
+
+def loader_position(step: int, batches: int, accumulation: int) -> tuple[int, int]:
+    """Where optimizer step ``step`` (completed) leaves the data: (epoch, batches of it already used)."""
+    epoch, done = divmod(step, steps_per_epoch(batches, accumulation))
+    return epoch, done * accumulation
 
 
 def collate(items: list[dict]) -> dict:
@@ -88,17 +143,38 @@ def collate(items: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------- EMA
 class EMA:
-    """Exponential moving average of a model's floating-point weights (kept in fp32)."""
+    """Exponential moving average of a model's floating-point weights.
+
+    Each average lives where its weight lives (device) in at least float32 (half-precision weights
+    are averaged in float32), also after :meth:`load` from a checkpoint, so ``update`` never mixes
+    devices or precisions.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.reset(model)
+
+    def reset(self, model: nn.Module) -> None:
+        """Start the average at ``model``'s current weights."""
+        self.shadow = {k: v.detach().to(_average_dtype(v), copy=True) for k, v in model.state_dict().items() if v.is_floating_point()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         for k, v in model.state_dict().items():
             if k in self.shadow:
-                self.shadow[k].lerp_(v.detach().float(), 1.0 - self.decay)
+                self.shadow[k].lerp_(v.detach().to(self.shadow[k].dtype), 1.0 - self.decay)
+
+    def load(self, path, model: nn.Module) -> None:
+        """The average saved in ``path`` (safetensors, read on the CPU), placed on the device of
+        ``model``'s weights in at least float32."""
+        from core.weights import WeightsError
+
+        saved = load_file(str(path))
+        like = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        missing = sorted(set(like) - set(saved))
+        if missing:
+            raise WeightsError(f"{path}: the EMA state lacks {len(missing)} of the model's tensors (e.g. {missing[0]})")
+        self.shadow = {k: saved[k].to(device=v.device, dtype=_average_dtype(v)) for k, v in like.items()}
 
     @contextlib.contextmanager
     def applied_to(self, model: nn.Module):
@@ -109,6 +185,11 @@ class EMA:
             yield model
         finally:
             model.load_state_dict(backup, strict=False)
+
+
+def _average_dtype(t: Tensor) -> torch.dtype:
+    """float32 for half-precision weights, else the weight's own dtype (float32, float64)."""
+    return torch.promote_types(t.dtype, torch.float32)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -221,10 +302,10 @@ def load_checkpoint(accelerator, ckpt_dir: Path, model: nn.Module, ema: Optional
         ) from None
     if ema is not None:
         if (ckpt_dir / EMA_FILE).is_file():
-            ema.shadow = {k: v.float() for k, v in load_file(str(ckpt_dir / EMA_FILE)).items()}
+            ema.load(ckpt_dir / EMA_FILE, model)  # onto the weights' device: load_file reads to the CPU
         else:
             warnings.warn(f"{ckpt_dir} has no EMA state: the average starts from the restored weights")
-            ema.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+            ema.reset(model)
     return read_progress(ckpt_dir)
 
 
@@ -369,19 +450,26 @@ def summarize(rows: list[dict]) -> dict:
 
 @torch.no_grad()
 def evaluate(model, loader, opt: Options, lpips_net: Optional[nn.Module], accelerator=None) -> dict:
-    """Scores of held-out objects (see :func:`score_batch`), averaged over objects and, with an
-    ``accelerator``, gathered from every process."""
+    """Scores of held-out objects (see :func:`score_batch`), averaged over objects.
+
+    With an ``accelerator`` each process scores its own share of the objects (:func:`eval_share`)
+    and the rows of all processes are gathered, in dataset order, each object once.
+    """
     rows = []
+    share = loader.dataset
+    indices = list(share.indices) if hasattr(share, "indices") else list(range(len(share)))
     for data in loader:
         metrics, _ = score_batch(model, data, opt, lpips_net)  # [B, 4]
-        if accelerator is not None:
-            metrics = accelerator.gather_for_metrics(metrics)
-        new = [metric_row(m) for m in metrics]
-        if accelerator is None or accelerator.num_processes == 1:
-            for row, uid in zip(new, data.get("uid", [])):
+        for m, uid in zip(metrics, data.get("uid", [None] * len(metrics))):
+            row = metric_row(m)
+            if uid is not None:
                 row["uid"] = uid
-        rows += new
-    return summarize(rows)
+            rows.append((indices[len(rows)], row))
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)  # every process's list, concatenated
+    return summarize([row for _, row in sorted(rows, key=lambda r: r[0])])
 
 
 # ---------------------------------------------------------------------------- images and logs
@@ -410,6 +498,18 @@ def memory_gb(device: torch.device) -> str:
     import resource
 
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB (peak RSS)"
+
+
+@torch.no_grad()
+def weight_fingerprint(model: nn.Module) -> Tensor:
+    """(sum, sum of squares) of all parameters, accumulated in float64, one parameter at a time:
+    data-parallel replicas that agree bit for bit give equal fingerprints. Needs memory for a
+    float64 copy of the largest parameter, not of the model (3 GB for ``big``). -> [2] float64"""
+    total = torch.zeros(2, dtype=torch.float64, device=next(model.parameters()).device)
+    for p in model.parameters():
+        q = p.detach().double()
+        total += torch.stack([q.sum(), q.square().sum()])
+    return total
 
 
 class EpochSampler(torch.utils.data.Sampler):

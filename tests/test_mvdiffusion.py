@@ -288,3 +288,31 @@ def test_hub_weight_patterns_pick_one_copy_per_folder():
     assert "unet/diffusion_pytorch_model.bin" not in keep
     assert "unet/diffusion_pytorch_model.fp16.safetensors" not in keep
     assert "*.json" in keep and "*.txt" in keep
+
+
+def test_half_precision_vae_overflow_is_decoded_again_in_fp32(monkeypatch):
+    """An fp16 VAE that overflows (NaN pixels, as SD's VAE can at fp16) must not hand NaN views on:
+    the latents are decoded again in fp32, with a warning; NaN latents are a clear error."""
+    from core.mvdiffusion.pipeline import NonFiniteViewsError
+
+    pipe = build_tiny_pipeline(imagedream=False)
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    pipe.vae.to(torch.float16).to(torch.float32)  # the fp16 weights, in fp32
+    ref = pipe.decode_latents(latents)
+    vae_decode = pipe.vae.decode
+
+    def overflowing(z, *args, **kwargs):  # what an fp16 overflow inside the decoder looks like
+        out = vae_decode(z, *args, **kwargs)
+        if pipe.vae.dtype == torch.float16:
+            out.sample[:, :, :2] = float("nan")
+        return out
+
+    monkeypatch.setattr(pipe.vae, "decode", overflowing)
+    pipe.vae.to(torch.float16)
+    with pytest.warns(UserWarning, match="decoding again in float32"):
+        views = pipe.decode_latents(latents)
+    assert pipe.vae.dtype == torch.float16  # put back as it was
+    assert np.isfinite(views).all()
+    np.testing.assert_allclose(views, ref, atol=1e-5)
+    with pytest.raises(NonFiniteViewsError, match="non-finite latents"):
+        pipe.decode_latents(latents * float("nan"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -192,6 +193,10 @@ def _image_encoder_classes():
     return {c.__name__: c for c in (CLIPVisionModel, CLIPVisionModelWithProjection)}
 
 
+class NonFiniteViewsError(RuntimeError):
+    """The diffusion produced NaN / inf views (the message says what to try)."""
+
+
 class MVDreamPipeline(DiffusionPipeline):
     """4 consistent views of one object from a prompt (MVDream) or an image (ImageDream).
 
@@ -318,10 +323,36 @@ class MVDreamPipeline(DiffusionPipeline):
         x = x.to(self._execution_device, self.vae.dtype)
         return self.vae.encode(x).latent_dist.sample(generator) * self.vae.config.scaling_factor
 
+    @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> np.ndarray:
-        """Scaled latents [N, 4, h, w] -> float32 numpy [N, H, W, 3] in [0, 1]."""
-        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        """Scaled latents [N, 4, h, w] -> float32 numpy [N, H, W, 3] in [0, 1].
+
+        A half-precision VAE can overflow to inf / NaN inside its decoder (``clamp`` would turn
+        NaN views into black-or-white pictures that flow on unnoticed): then the same latents are
+        decoded again with the VAE in fp32, with a warning. Non-finite latents (the U-Net itself
+        overflowed), or views still not finite, raise :class:`NonFiniteViewsError`.
+        """
+        if not bool(torch.isfinite(latents).all()):
+            raise NonFiniteViewsError(
+                f"the diffusion U-Net produced non-finite latents ({int((~torch.isfinite(latents)).sum())} values) in "
+                f"{self.unet.dtype}; try another --seed, or fewer --steps / a lower --guidance_scale"
+            )
+        images = self._decode(latents)
+        if not bool(torch.isfinite(images).all()) and self.vae.dtype.itemsize < 4:
+            warnings.warn(f"the VAE decoder overflowed in {self.vae.dtype} (non-finite pixels); decoding again in float32")
+            dtype = self.vae.dtype
+            self.vae.to(torch.float32)
+            try:
+                images = self._decode(latents)
+            finally:
+                self.vae.to(dtype)
+        if not bool(torch.isfinite(images).all()):
+            raise NonFiniteViewsError("the VAE decoder produced non-finite pixels even in float32; try another seed")
         return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def _decode(self, latents: Tensor) -> Tensor:
+        """Scaled latents -> decoded images in [-1, 1] (nominally), in the VAE's dtype."""
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
 
     # ------------------------------------------------------------------ sampling
 
