@@ -78,7 +78,8 @@ class Options:
     (folders or per-object tars), or tar shards written by scripts/make_shards.py."""
     data_root: Optional[str] = None
     """Folder: root holding <uid>/rgb/NNN.png and <uid>/pose/NNN.txt (or <uid>/transforms.json); gobjaverse:
-    root holding <group>/<uid>/campos_512_v4/ or <group>/<uid>.tar; shards: 'DIR/shards-{000000..000099}.tar' or DIR."""
+    root holding <group>/<uid>/NNNNN/, <group>/<uid>/campos_512_v4/NNNNN/ or <group>/<uid>.tar; shards:
+    'DIR/shards-{000000..000099}.tar' or DIR."""
     data_list: Optional[str] = None
     """Folder / gobjaverse: file listing the objects, one per line or G-Objaverse's JSON list (default: all under data_root)."""
     num_views: int = 12
@@ -87,11 +88,12 @@ class Options:
     """Input views fed to the U-Net (the architecture expects 4)."""
     input_view_ids: Optional[Tuple[int, ...]] = None
     """Folder: which view indices are the inputs (default: the first 4 files); gobjaverse: which view
-    numbers (default: 4 orbit views 90 degrees apart at one elevation)."""
+    numbers (default: 4 views of one orbit 90 degrees apart in azimuth)."""
     num_train_objects: int = 2000
     """Synthetic dataset: number of distinct training objects (indices wrap around)."""
     num_eval_objects: int = 8
-    """Held-out objects used for evaluation (synthetic: separate seeds; folder: the last uids)."""
+    """Held-out objects used for evaluation (synthetic: separate seeds; folder, gobjaverse: the last objects;
+    shards: the eval shards); 0 = no evaluation."""
     prob_grid_distortion: float = 0.5
     """Probability of distorting the grids of input views 2-4 (training only)."""
     prob_cam_jitter: float = 0.5

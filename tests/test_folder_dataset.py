@@ -170,3 +170,31 @@ def test_16_bit_renders_are_read_at_their_scale(folder):
         assert item16["images_output"].min() < 0.5  # not blank
         torch.testing.assert_close(item16["images_output"], item8["images_output"], atol=1e-6, rtol=0)
         torch.testing.assert_close(item16["masks_output"], item8["masks_output"], atol=1e-6, rtol=0)
+
+
+def test_no_eval_objects_means_an_empty_eval_split(folder):
+    """--num_eval_objects 0: nothing is held out and the eval split is empty, even when the last
+    object could not be evaluated (its input image is unreadable)."""
+    (folder / "obj_c" / "rgb" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=0)
+    evals = FolderDataset(opt, "eval")
+    assert len(evals) == 0 and evals.skipped == []
+    assert [r.uid for r in FolderDataset(opt, "train").records] == ["obj_a", "obj_b", "obj_c"]
+
+
+def test_held_out_objects_are_checked_and_never_replaced(folder):
+    (folder / "obj_c" / "rgb" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    opt = micro_options(data_root=str(folder), num_views=6, num_eval_objects=2)
+    with pytest.warns(UserWarning, match="obj_c"):
+        evals = FolderDataset(opt, "eval")
+    assert [r.uid for r in evals.records] == ["obj_b"] and [uid for uid, _ in evals.skipped] == ["obj_c"]
+    assert [evals[i]["uid"] for i in range(len(evals))] == ["obj_b"]
+    assert [r.uid for r in FolderDataset(opt, "train").records] == ["obj_a"]
+
+
+def test_a_single_object_is_trained_on_and_evaluated(tmp_path):
+    write_object(tmp_path, "only")
+    opt = micro_options(data_root=str(tmp_path), num_views=6, num_eval_objects=3)
+    with pytest.warns(UserWarning, match="not held out"):
+        evals = FolderDataset(opt, "eval")
+    assert [r.uid for r in evals.records] == [r.uid for r in FolderDataset(opt, "train").records] == ["only"]

@@ -83,6 +83,12 @@ def test_synthetic_shards_give_identical_samples(tmp_path):
         assert_same_item(item, source[int(item["uid"].rsplit("-", 1)[1])])
 
 
+def test_no_eval_objects_means_no_held_out_shard_samples(tmp_path):
+    sopt = synthetic_shards(tmp_path, 3, 2)
+    assert len(ShardsEvalDataset(sopt)) == 1
+    assert len(ShardsEvalDataset(dataclasses.replace(sopt, num_eval_objects=0))) == 0  # was: 1 all the same
+
+
 def test_two_processes_two_workers_read_each_object_once_per_epoch(tmp_path):
     # 16 objects in shards of 3 (the last holds 1): 2 processes x 2 workers x batch 2 -> 4 per reader
     sopt = synthetic_shards(tmp_path, 16, 3, batch_size=2, num_workers=2, shuffle_buffer=2)

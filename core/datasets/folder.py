@@ -17,6 +17,12 @@ bad pose or a missing file is never replaced by another one among the inputs. An
 input views are unusable is skipped; unusable supervision views are left out. What was skipped
 is reported once (count and first paths); a dataset with no usable object is a
 :class:`FolderDatasetError`.
+
+Held-out objects are the last ``num_eval_objects`` usable uids; the eval split also checks that
+their input images can be read, leaves out (never replaces) the ones that cannot and lists them in
+``skipped``. ``num_eval_objects`` 0 means no evaluation: the eval split is empty (nothing is read).
+With a single usable object and ``num_eval_objects`` >= 1, that object is trained on and evaluated
+(with a warning: it is not held out).
 """
 
 from __future__ import annotations
@@ -184,7 +190,9 @@ def list_uids(root: Path, data_list: Optional[str]) -> list[str]:
 class FolderDataset(Dataset):
     """Posed renders on disk.
 
-    split: 'train', 'eval' (the last ``num_eval_objects`` uids) or 'all'. all_views: supervise
+    split: 'train', 'eval' (the last ``num_eval_objects`` usable uids; empty with
+    ``num_eval_objects`` 0; with a single usable object, that object, which training uses too) or
+    'all'. all_views: supervise
     with every usable non-input view of an object, in file order, instead of ``num_views - 4`` of
     them (for scripts/eval.py; objects then differ in view count, so use batch size 1).
 
@@ -205,6 +213,11 @@ class FolderDataset(Dataset):
         n_in = opt.num_input_views
         if opt.input_view_ids is not None and len(opt.input_view_ids) != n_in:
             raise FolderDatasetError(f"input_view_ids needs {n_in} indices, got {opt.input_view_ids}")
+        self.skipped: list[tuple[str, str]] = []
+        self._unreadable_reported = 0
+        if split == "eval" and opt.num_eval_objects <= 0:  # --num_eval_objects 0: no evaluation, nothing to read
+            self.records, self.counts = [], {"bad_views": 0, "skipped_objects": 0, "problems": []}
+            return
         uids = list_uids(root, opt.data_list)
         records, self.counts = scan_objects(root, uids, opt)
         if split != "eval":  # the eval split scans the same folder: report once, from the other one
@@ -216,15 +229,20 @@ class FolderDataset(Dataset):
                 f"<uid>/pose/NNN.txt, or <uid>/transforms.json, with input views {input_ids(opt)} usable and at "
                 f"least one more view per object."
             )
-        n_eval = min(opt.num_eval_objects, len(records) - 1) if len(records) > 1 else 0
+        n_eval = max(0, int(opt.num_eval_objects))
         if split == "all":
             self.records = records
-        elif split == "eval":
-            self.records = records[len(records) - n_eval:] if n_eval else records[-1:]
+        elif n_eval == 0:  # nothing held out (the eval split returned empty above)
+            self.records = records
+        elif len(records) == 1:  # nothing to hold out: the one object is trained on and evaluated
+            self.records = records
+            if split == "eval":
+                warnings.warn(f"folder dataset {root}: only one usable object ({records[0].uid}): it is trained on and "
+                              f"evaluated, not held out")
         else:
-            self.records = records[: len(records) - n_eval] if n_eval else records
-        self.skipped: list[tuple[str, str]] = [(w[len("object "):], why) for w, why in self.counts["problems"] if w.startswith("object ")]
-        self._unreadable_reported = 0
+            n_eval = min(n_eval, len(records) - 1)
+            self.records = records[len(records) - n_eval:] if split == "eval" else records[: len(records) - n_eval]
+        self.skipped = [(w[len("object "):], why) for w, why in self.counts["problems"] if w.startswith("object ")]
         if split != "train":
             self._drop_unreadable_inputs()
         for rec in self.records:
@@ -241,8 +259,9 @@ class FolderDataset(Dataset):
                 kept.append(rec)
             else:
                 self.skipped.append((rec.uid, f"input view {bad} cannot be read"))
-        if not kept:
-            raise FolderDatasetError(f"no object under {self.root} has readable input views: {self.skipped[:3]}")
+        if self.records and not kept:
+            hint = " (--num_eval_objects 0 evaluates none)" if self.split == "eval" else ""
+            raise FolderDatasetError(f"no object under {self.root} has readable input views{hint}: {self.skipped[:3]}")
         self.records = kept
 
     def __len__(self) -> int:

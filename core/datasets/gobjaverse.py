@@ -1,15 +1,24 @@
 """G-Objaverse (G-buffer Objaverse, the RichDreamer renders of ~280k Objaverse objects), read in place.
 
-Layout, as published (folders), or one ``.tar`` per object (the "compressed version")::
+Three layouts are read, and may be mixed under one root (each object is named ``<group>/<uid>``)::
 
-    <root>/<group>/<uid>/campos_512_v4/00000/00000.png    RGBA render, 512 px, transparent background
-    <root>/<group>/<uid>/campos_512_v4/00000/00000.json   its camera (below)
-    ...                                     /00039/...    40 views per object
-    <root>/<group>/<uid>.tar                 the same files under <uid>/campos_512_v4/..., read without unpacking
+    <root>/<group>/<uid>/00000/00000.png                what download_gobjaverse_280k.py saves
+    <root>/<group>/<uid>/00000/00000.json                 (the files of the server's campos_512_v4/
+    ...                 /00039/...                          folder, without that level)
+    <root>/<group>/<uid>/campos_512_v4/00000/00000.png  the folder drawing of G-Objaverse's README
+    <root>/<group>/<uid>.tar                            download_objaverse_280k_tar.py, read without
+                                                        unpacking: members <uid>/campos_512_v4/NNNNN/...
+                                                        (with or without <uid>/ and campos_512_v4/)
 
-Other files of a view (``_albedo.png``, ``_nd.exr``, ...) are ignored. Objects are named
-``<group>/<uid>``, as in G-Objaverse's own index ``gobjaverse_280k.json`` (``--data_list`` takes
-that JSON list, or a text file with one name per line; default: every object under the root).
+``NNNNN.png`` is the RGBA render (512 px, transparent background) and ``NNNNN.json`` its camera
+(below); other files of a view (``_albedo.png``, ``_hdr.exr``, ``_mr.png``, ``_nd.exr``,
+``_ng.exr``) and the ``.tmp`` files of an interrupted download are ignored (a view without its
+``.png`` is a missing view). ``--data_list`` takes G-Objaverse's own index ``gobjaverse_280k.json``
+(a JSON list of ``<group>/<uid>``) or a text file with one name per line; default: every object
+under the root. Listing costs one directory listing per group and one per object folder (nothing
+is opened), so 280k objects start in seconds; the training split prints the layouts found, e.g.
+``[data] G-Objaverse under ROOT: 1200 objects (1100 folders <group>/<uid>/NNNNN/, 100 tars
+<group>/<uid>.tar)``.
 
 Camera JSON (the format of OpenAI's shap-e Blender script, which G-Objaverse's files follow):
 ``origin`` is the camera centre and ``x``, ``y``, ``z`` are the camera's axes in world
@@ -19,21 +28,45 @@ camera-to-world matrix with columns ``[x, y, z, origin]`` is an OpenCV pose in a
 :func:`core.cameras.blender_to_opengl` turns into ours (README, "G-Objaverse cameras", has the
 derivation and a worked example).
 
-Views: the 4 input views are 4 orbit views 90 degrees apart in azimuth at the same elevation
-(G-Objaverse has two such rings, 24 views at 15-degree steps and 12 at 30-degree steps, plus a top
-and a bottom view); a training sample takes a random such quadruple (a random ring and starting
-view, in increasing azimuth, i.e. the rotation order of our default cameras), evaluation the
-first one. Supervision views are drawn from the other views (random for training, in file order
-for evaluation), skipping duplicates of the input cameras. ``--input_view_ids`` fixes the input
-views instead (e.g. ``0 6 12 18``). Images are resampled to the model's ``--fovy`` (G-Objaverse
-renders at 39.6 degrees; ``--fovy 39.6`` keeps them as they are), and each object's camera
-distances are scaled to ``--cam_radius``, as in the folder dataset.
+Views: G-Objaverse's 40 views are two orbits plus extras: views 0-23 circle the object at 15-degree
+steps of azimuth, at elevations that vary from view to view between 5 and 30 degrees; views 27-38
+at 30-degree steps, elevations between -5 and 5 degrees; 24 and 39 repeat other views; 25 and 26
+look from the top and the bottom. The 4 input views are 4 views of ONE orbit 90 degrees apart in
+azimuth (:func:`orbit_quadruples`): when an object's views carry G-Objaverse's numbers (all in
+0-39), the orbits are the view-number rings 0-23 and 27-38 and a quadruple is a start view plus
+the views of the same ring closest to +90, +180 and +270 degrees of azimuth (within
+ORBIT_TOLERANCE_DEG), whatever their elevations; with other numbers, every view looking at the
+origin from below ORBIT_MAX_ELEVATION_DEG counts as one ring, and the four views' elevations must
+lie within ORBIT_FALLBACK_ELEVATION_DEG of the start view's. The cameras of the chosen views,
+whatever their elevations, go into the ray embedding. A training sample takes a random quadruple
+(a random ring and start view, in increasing azimuth, i.e. the rotation order of our default
+cameras), evaluation the first one (the one starting at view 0 on a complete object: 0, 6, 12, 18
+when view numbers grow with azimuth). Supervision views
+are drawn from the other views (random for training, in file order for evaluation), skipping
+duplicates of the input cameras. ``--input_view_ids`` fixes the input views instead (e.g.
+``0 6 12 18``). Images are resampled to the model's ``--fovy`` (G-Objaverse renders at 39.6
+degrees; ``--fovy 39.6`` keeps them as they are), and each object's camera distances are scaled
+to ``--cam_radius``, as in the folder dataset.
 
-Bad files are handled as in the folder dataset: missing or unreadable views (image or JSON) are
-skipped and counted; an object with too few usable views, or without 4 orbit views 90 degrees
-apart, is skipped with a warning (another object takes its place); a root with no object at all
-is a clear error. Objects are opened lazily (one stat per object at start), so 280k objects start
-in seconds.
+Usable objects: an object is usable when its cameras parse and it has an input quadruple (or the
+``--input_view_ids`` views) and one more view. The training split checks this from the JSON files
+alone (no image is decoded) for every object when there are at most USABLE_CHECK_MAX (2000) of
+them, else for an evenly spaced sample of that many, and prints one line, e.g. ``[data] G-Objaverse:
+1195 of 1200 objects usable (all checked ...)``; unusable ones are listed in a warning, and a root
+whose objects were all checked and none is usable is a clear error.
+
+Splits: the held-out objects are the last ``--num_eval_objects`` of the listing (or of
+``--data_list``); the training split is the rest, so no object is in both. ``--num_eval_objects 0``
+means no evaluation: the eval split is empty. A root with a single object trains on it and, with
+``--num_eval_objects`` >= 1, also evaluates on it (with a warning: it is not held out).
+
+Bad files: missing or unreadable views (image or JSON) are skipped and counted. In training, an
+unusable object (bad tar, too few views, no input quadruple, unreadable input image) is skipped
+with a warning and counted, and another object takes its place. The eval split never substitutes:
+it checks its objects up front (cameras, an input quadruple, the input images readable), leaves
+out the unusable ones with a warning and lists them in ``self.skipped`` as ``(uid, reason)``, so
+no object is scored twice; an eval object that turns bad later is an error. A root with no object
+at all is a clear error.
 """
 
 from __future__ import annotations
@@ -48,7 +81,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -63,12 +96,32 @@ from core.images import read_image
 from core.options import Options
 
 CAMPOS_DIR = "campos_512_v4"
-_VIEW_FILE = re.compile(r"(?:^|/)" + CAMPOS_DIR + r"/(\d+)/(\d+)\.(png|json)$")
+_VIEW_FILE = re.compile(r"(?:^|/)(\d+)/(\d+)\.(png|json)$")  # NNNNN/NNNNN.png, under any prefix
+_VIEW_DIR = re.compile(r"\d+")
 
-ORBIT_TOLERANCE_DEG = 2.0
-"""Largest azimuth error from 90-degree steps, and elevation difference, within an input quadruple."""
+NUM_VIEWS = 40
+"""Views per G-Objaverse object, numbered 0-39."""
+ORBIT_RINGS = (tuple(range(0, 24)), tuple(range(27, 39)))
+"""G-Objaverse's two orbits by view number: 0-23 (15-degree steps, elevations 5-30 degrees, varying)
+and 27-38 (30-degree steps, elevations -5 to 5); 24 and 39 repeat views, 25 and 26 are top and bottom."""
+ORBIT_TOLERANCE_DEG = 5.0
+"""Largest azimuth error from 90-degree steps within an input quadruple (less than half the 15-degree
+step, so the nearest view is always the intended one); also how far off the origin a camera may look
+(other numberings)."""
 ORBIT_MAX_ELEVATION_DEG = 60.0
-"""Views higher or lower than this (G-Objaverse's top and bottom views) are never input views."""
+"""Other numberings: views higher or lower than this (top and bottom views) are never input views."""
+ORBIT_FALLBACK_ELEVATION_DEG = 30.0
+"""Other numberings: largest elevation difference from a quadruple's start view (G-Objaverse's own
+first orbit spans 25 degrees)."""
+USABLE_CHECK_MAX = 2000
+"""The training split checks every object's cameras when there are at most this many, else an evenly
+spaced sample of this many."""
+
+LAYOUTS = {  # layout: (what one object is, the path it has)
+    "folder": ("folder", "<group>/<uid>/NNNNN/"),
+    "campos": ("folder", f"<group>/<uid>/{CAMPOS_DIR}/NNNNN/"),
+    "tar": ("tar", "<group>/<uid>.tar"),
+}
 
 
 class GobjaverseError(FolderDatasetError):
@@ -112,39 +165,60 @@ def orbit_angles(c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return height, azim, dist
 
 
-def orbit_quadruples(c2w: Tensor, tol_deg: float = ORBIT_TOLERANCE_DEG) -> list[tuple[int, int, int, int]]:
-    """Every 4-tuple of views at one elevation whose azimuths are a, a+90, a+180, a+270 degrees.
+def numbered_like_gobjaverse(vids: Optional[Sequence[int]]) -> bool:
+    """Whether view numbers are G-Objaverse's own (all in 0-39, no repeats), so its orbits are known by number."""
+    return vids is not None and len(set(vids)) == len(vids) and all(0 <= int(v) < NUM_VIEWS for v in vids)
 
-    Only views looking at the origin (within ``tol_deg``) with ``|elevation| <`` ORBIT_MAX_ELEVATION_DEG
-    count. Tuples start at each such view in list order; the others are the best matches (smallest
-    angular error, then the lowest index). c2w: [N, 4, 4] OpenGL -> list of index tuples.
+
+def orbit_quadruples(
+    c2w: Tensor, vids: Optional[Sequence[int]] = None, tol_deg: float = ORBIT_TOLERANCE_DEG
+) -> list[tuple[int, int, int, int]]:
+    """Every 4-tuple of views of one orbit whose azimuths are a, a+90, a+180, a+270 degrees.
+
+    c2w: [N, 4, 4] OpenGL; vids: the N views' numbers. With G-Objaverse's numbers (all in 0-39) the
+    orbits are the view-number rings ORBIT_RINGS (0-23, then 27-38) and only azimuth is checked:
+    elevations may differ inside a quadruple, as they do inside G-Objaverse's first orbit. With other
+    numbers (or none), every view looking at the origin (within ``tol_deg``) with ``|elevation| <``
+    ORBIT_MAX_ELEVATION_DEG is on one ring, and a quadruple's elevations must lie within
+    ORBIT_FALLBACK_ELEVATION_DEG of its start view's. Tuples start at each view of a ring in list
+    order, rings in order; the others are the views closest to the target azimuths (with other
+    numbers, closest in azimuth and elevation together; ties: the lowest index).
+    -> list of index tuples into c2w.
     """
-    height, azim, dist = orbit_angles(c2w)
-    forward = -c2w[:, :3, 2].double()  # OpenGL cameras look along -z
-    towards = -c2w[:, :3, 3].double() / dist[:, None]
-    looks_at_origin = (forward * towards).sum(-1) > math.cos(math.radians(tol_deg))
-    height, azim, dist, looks = height.tolist(), azim.tolist(), dist.tolist(), looks_at_origin.tolist()
-    orbit = [i for i in range(len(height)) if looks[i] and abs(height[i]) < ORBIT_MAX_ELEVATION_DEG]
+    height, azim, _ = orbit_angles(c2w)
+    height, azim = height.tolist(), azim.tolist()
+    if numbered_like_gobjaverse(vids):
+        where = {int(v): i for i, v in enumerate(vids)}
+        rings = [[where[v] for v in ring if v in where] for ring in ORBIT_RINGS]
+        max_d_el = None
+    else:
+        dist = c2w[:, :3, 3].double().norm(dim=-1).clamp_min(1e-12)
+        forward = -c2w[:, :3, 2].double()  # OpenGL cameras look along -z
+        towards = -c2w[:, :3, 3].double() / dist[:, None]
+        looks = ((forward * towards).sum(-1) > math.cos(math.radians(tol_deg))).tolist()
+        rings = [[i for i in range(len(height)) if looks[i] and abs(height[i]) < ORBIT_MAX_ELEVATION_DEG]]
+        max_d_el = ORBIT_FALLBACK_ELEVATION_DEG
     quads = []
-    for a in orbit:
-        chosen = [a]
-        for k in (1, 2, 3):
-            best, best_err = None, None
-            for b in orbit:
-                if b == a:
-                    continue
-                d_az = (azim[b] - azim[a] - 90.0 * k + 180.0) % 360.0 - 180.0
-                d_el = height[b] - height[a]
-                if abs(d_az) > tol_deg or abs(d_el) > tol_deg or abs(dist[b] / dist[a] - 1) > 0.02:
-                    continue
-                err = math.hypot(d_az, d_el)
-                if best_err is None or err < best_err:
-                    best, best_err = b, err
-            if best is None:
-                break
-            chosen.append(best)
-        if len(chosen) == 4:
-            quads.append(tuple(chosen))
+    for ring in rings:
+        for a in ring:
+            chosen = [a]
+            for k in (1, 2, 3):
+                best, best_err = None, None
+                for b in ring:
+                    if b in chosen:
+                        continue
+                    d_az = (azim[b] - azim[a] - 90.0 * k + 180.0) % 360.0 - 180.0
+                    d_el = height[b] - height[a]
+                    if abs(d_az) > tol_deg or (max_d_el is not None and abs(d_el) > max_d_el):
+                        continue
+                    err = abs(d_az) if max_d_el is None else math.hypot(d_az, d_el)
+                    if best_err is None or err < best_err:
+                        best, best_err = b, err
+                if best is None:
+                    break
+                chosen.append(best)
+            if len(chosen) == 4:
+                quads.append(tuple(chosen))
     return quads
 
 
@@ -222,16 +296,21 @@ class GObject:
 @dataclass
 class _Source:
     uid: str
-    path: Path  # the campos_512_v4 folder, or the object's .tar
-    is_tar: bool
+    path: Path  # the folder holding the NNNNN/ view folders (<uid>/ or <uid>/campos_512_v4/), or the .tar
+    layout: str  # a key of LAYOUTS: 'folder', 'campos' or 'tar'
+
+    @property
+    def is_tar(self) -> bool:
+        return self.layout == "tar"
 
 
 def _scan_view_files(names: Iterator[str]) -> dict[int, dict[str, str]]:
-    """{view number: {'png': name, 'json': name}} from paths ending in campos_512_v4/NNNNN/NNNNN.ext"""
+    """{view number: {'png': name, 'json': name}} from paths ending in NNNNN/NNNNN.png|json (any prefix:
+    ``campos_512_v4/``, ``<uid>/``, both or none); ``_albedo.png``, ``.png.tmp`` and the like do not match."""
     views: dict[int, dict[str, str]] = {}
     for name in names:
         m = _VIEW_FILE.search(name)
-        if m and m.group(1) == m.group(2):
+        if m and int(m.group(1)) == int(m.group(2)):
             views.setdefault(int(m.group(1)), {})[m.group(3)] = name
     return views
 
@@ -254,10 +333,11 @@ def _parse_views(files: dict[int, dict[str, str]], read_text: Callable[[str], st
 
 @contextlib.contextmanager
 def open_object(src: _Source, counts: dict) -> Iterator[GObject]:
-    """An object's cameras, read now, and its images, read on demand (the tar stays open inside)."""
+    """An object's cameras, read now, and its images, read on demand (the tar stays open inside).
+    Raises OSError or tarfile.TarError when the folder or tar cannot be read at all."""
     if not src.is_tar:
-        files = _scan_view_files(str(p.relative_to(src.path.parent)) for p in src.path.glob("*/*.*"))
-        root = src.path.parent
+        files = _scan_view_files(str(p.relative_to(src.path)) for p in src.path.glob("*/*.*"))
+        root = src.path
         yield GObject(src.uid, _parse_views(files, lambda n: (root / n).read_text(), lambda n: root / n, counts))
         return
     with tarfile.open(src.path, "r:*") as tar:
@@ -273,38 +353,90 @@ def open_object(src: _Source, counts: dict) -> Iterator[GObject]:
         yield GObject(src.uid, _parse_views(files, lambda n: read(n).decode("utf-8"), lambda n: (lambda: read(n)), counts))
 
 
-def list_objects(root: Path, data_list: Optional[str]) -> list[str]:
-    """Object names ``<group>/<uid>``: from ``data_list`` (G-Objaverse's JSON list, or one name per
-    line), else every ``<group>/<uid>/campos_512_v4`` folder and ``<group>/<uid>.tar`` under root."""
-    if data_list:
-        path = Path(data_list).expanduser()
-        if not path.is_file():
-            raise GobjaverseError(f"--data_list {path}: no such file (G-Objaverse's gobjaverse_280k.json, or one <group>/<uid> per line)")
-        text = path.read_text()
-        if path.suffix == ".json":
-            names = json.loads(text)
-            if not isinstance(names, list):
-                raise GobjaverseError(f"--data_list {path}: expected a JSON list of '<group>/<uid>' strings")
-            return [str(n).strip().strip("/") for n in names if str(n).strip()]
-        return [ln.strip().strip("/") for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    names = set()
-    for group in sorted(p for p in root.iterdir() if p.is_dir()):
-        for entry in group.iterdir():
-            if entry.suffix == ".tar" and entry.is_file():
-                names.add(f"{group.name}/{entry.stem}")
-            elif (entry / CAMPOS_DIR).is_dir():
-                names.add(f"{group.name}/{entry.name}")
-    return sorted(names)
-
-
-def _resolve(root: Path, name: str) -> Optional[_Source]:
-    folder = root / name / CAMPOS_DIR
-    if folder.is_dir():
-        return _Source(name, folder, False)
-    tar = root / f"{name}.tar"
-    if tar.is_file():
-        return _Source(name, tar, True)
+def _folder_layout(obj_dir: Path) -> Optional[tuple[Path, str]]:
+    """(folder holding the NNNNN/ view folders, layout) of an object folder, from one directory
+    listing; None when it holds neither ``campos_512_v4/`` nor a view folder."""
+    try:
+        with os.scandir(obj_dir) as it:
+            entries = [(e.name, e.is_dir()) for e in it]
+    except OSError:
+        return None
+    if any(name == CAMPOS_DIR and is_dir for name, is_dir in entries):
+        return obj_dir / CAMPOS_DIR, "campos"
+    if any(is_dir and _VIEW_DIR.fullmatch(name) for name, is_dir in entries):
+        return obj_dir, "folder"
     return None
+
+
+class _Listing:
+    """Directory listings of a root, each read once: (name -> is a directory) per folder."""
+
+    def __init__(self, root: Path):
+        self.root, self._cache = root, {}
+
+    def entries(self, rel: str) -> dict[str, bool]:
+        if rel not in self._cache:
+            try:
+                with os.scandir(self.root / rel if rel else self.root) as it:
+                    self._cache[rel] = {e.name: e.is_dir() for e in it if not e.name.startswith(".")}
+            except OSError:
+                self._cache[rel] = {}
+        return self._cache[rel]
+
+    def resolve(self, name: str) -> Optional[_Source]:
+        """Object ``<group>/<uid>`` as a folder (either layout; preferred) or a tar; None when absent."""
+        group, _, uid = name.rpartition("/")
+        entries = self.entries(group)
+        if entries.get(uid):
+            found = _folder_layout(self.root / name)
+            if found is not None:
+                return _Source(name, found[0], found[1])
+        if entries.get(f"{uid}.tar") is False:
+            return _Source(name, self.root / f"{name}.tar", "tar")
+        return None
+
+
+def read_data_list(data_list: str) -> list[str]:
+    """Object names from G-Objaverse's JSON list, or a text file with one ``<group>/<uid>`` per line."""
+    path = Path(data_list).expanduser()
+    if not path.is_file():
+        raise GobjaverseError(f"--data_list {path}: no such file (G-Objaverse's gobjaverse_280k.json, or one <group>/<uid> per line)")
+    text = path.read_text()
+    if path.suffix == ".json":
+        names = json.loads(text)
+        if not isinstance(names, list):
+            raise GobjaverseError(f"--data_list {path}: expected a JSON list of '<group>/<uid>' strings")
+        return [str(n).strip().strip("/") for n in names if str(n).strip()]
+    return [ln.strip().strip("/") for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def find_objects(root: Path, data_list: Optional[str]) -> tuple[list[_Source], list[str]]:
+    """(objects found, names listed in ``data_list`` but not found). Without a list: every
+    ``<group>/<uid>/`` folder holding ``NNNNN/`` or ``campos_512_v4/``, and every ``<group>/<uid>.tar``,
+    sorted by name (an object present as folder and tar is read from the folder). One directory
+    listing per group and per object folder; nothing is opened."""
+    listing = _Listing(root)
+    if data_list:
+        names = read_data_list(data_list)
+        sources = [listing.resolve(n) for n in names]
+        return [s for s in sources if s is not None], [n for n, s in zip(names, sources) if s is None]
+    found: dict[str, _Source] = {}
+    for group in sorted(g for g, is_dir in listing.entries("").items() if is_dir):
+        for entry, is_dir in listing.entries(group).items():
+            if is_dir:
+                layout = _folder_layout(root / group / entry)
+                if layout is not None:  # the folder wins over a tar of the same object
+                    found[f"{group}/{entry}"] = _Source(f"{group}/{entry}", layout[0], layout[1])
+            elif entry.endswith(".tar") and len(entry) > 4:
+                name = f"{group}/{entry[:-4]}"
+                found.setdefault(name, _Source(name, root / group / entry, "tar"))
+    return [found[n] for n in sorted(found)], []
+
+
+def describe_layouts(sources: Sequence[_Source]) -> str:
+    """'1100 folders <group>/<uid>/NNNNN/, 100 tars <group>/<uid>.tar' (layouts present only)."""
+    counts = {k: sum(s.layout == k for s in sources) for k in LAYOUTS}
+    return ", ".join(f"{n} {LAYOUTS[k][0]}{'s' if n != 1 else ''} {LAYOUTS[k][1]}" for k, n in counts.items() if n)
 
 
 # ---------------------------------------------------------------------------------- samples
@@ -327,29 +459,40 @@ class GobjaverseItems:
     def _generator(self, index: int, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed(((self.opt.seed * 1_000_003 + self.epoch) * 1_000_003 + index) * 7 + salt)
 
-    def choose_views(self, obj: GObject, index: int) -> Optional[tuple[list[int], list[int]]]:
-        """(chosen, spare) positions in ``obj.views``: 4 input views then ``num_views - 4``
-        supervision views; spares replace unreadable supervision views. None when the object has
-        no usable input views (with a warning)."""
+    def input_candidates(self, obj: GObject) -> tuple[list[tuple[int, ...]], Optional[str]]:
+        """(possible input view tuples as positions in ``obj.views``, None) or ([], why the object
+        has none). From the cameras alone: no image is read."""
         n_in = self.opt.num_input_views
         if len(obj.views) < n_in + 1:
-            warnings.warn(f"skipping object {obj.uid}: {len(obj.views)} usable views, need at least {n_in + 1}")
-            return None
-        c2w = torch.stack([v.c2w for v in obj.views])  # [N, 4, 4]
+            return [], f"{len(obj.views)} usable views, need at least {n_in + 1}"
         if self.opt.input_view_ids is not None:
             where = {v.vid: i for i, v in enumerate(obj.views)}
             missing = [vid for vid in self.opt.input_view_ids if vid not in where]
             if missing:
-                warnings.warn(f"skipping object {obj.uid}: input views {missing} (--input_view_ids) are missing or unreadable")
-                return None
-            inputs = [where[vid] for vid in self.opt.input_view_ids]
-        else:
-            quads = orbit_quadruples(c2w)
-            if not quads:
-                warnings.warn(f"skipping object {obj.uid}: no 4 orbit views 90 degrees apart at one elevation")
-                return None
-            pick = 0 if self.split == "eval" else int(torch.randint(len(quads), (1,), generator=self._generator(index, 1)))
-            inputs = list(quads[pick])
+                return [], f"input views {missing} (--input_view_ids) are missing or unreadable"
+            return [tuple(where[vid] for vid in self.opt.input_view_ids)], None
+        quads = orbit_quadruples(torch.stack([v.c2w for v in obj.views]), [v.vid for v in obj.views])
+        if not quads:
+            return [], "no 4 views of one orbit 90 degrees apart in azimuth"
+        return quads, None
+
+    def choose_views(self, obj: GObject, index: int, warn: bool = True) -> Optional[tuple[list[int], list[int]]]:
+        """(chosen, spare) positions in ``obj.views``: 4 input views then ``num_views - 4``
+        supervision views; spares replace unreadable supervision views. None when the object has
+        no usable input views (with a warning unless ``warn`` is False)."""
+        choice, why = self.select_views(obj, index)
+        if choice is None and warn:
+            warnings.warn(f"skipping object {obj.uid}: {why}")
+        return choice
+
+    def select_views(self, obj: GObject, index: int) -> tuple[Optional[tuple[list[int], list[int]]], Optional[str]]:
+        """(:meth:`choose_views`'s (chosen, spare), None), or (None, why the object has no input views)."""
+        quads, why = self.input_candidates(obj)
+        if why is not None:
+            return None, why
+        pick = 0 if self.split == "eval" else int(torch.randint(len(quads), (1,), generator=self._generator(index, 1)))
+        inputs = list(quads[pick])
+        c2w = torch.stack([v.c2w for v in obj.views])  # [N, 4, 4]
         pos = c2w[:, :3, 3]
         scale = pos.norm(dim=-1).max().clamp_min(1e-6)
         rest = [i for i in range(len(obj.views)) if i not in inputs and (pos[inputs] - pos[i]).norm(dim=-1).min() > 1e-4 * scale]
@@ -357,16 +500,16 @@ class GobjaverseItems:
             rest = [i for i in range(len(obj.views)) if i not in inputs]
         if self.split == "train":
             rest = [rest[i] for i in torch.randperm(len(rest), generator=self._generator(index, 2)).tolist()]
-        need = self.opt.num_views - n_in
+        need = self.opt.num_views - self.opt.num_input_views
         others = (rest * (need // len(rest) + 1))[:need]  # repeat views when an object has few
-        return inputs + others, rest[need:]
+        return (inputs + others, rest[need:]), None
 
-    def build(self, obj: GObject, index: int) -> Optional[dict]:
-        """The sample of ``obj`` (item ``index`` of the split), or None when it has no usable input views."""
-        choice = self.choose_views(obj, index)
+    def make(self, obj: GObject, index: int) -> tuple[Optional[dict], Optional[str]]:
+        """(the sample of ``obj``, item ``index`` of the split; None) or (None, why it has none).
+        Unreadable views are counted; nothing is warned."""
+        choice, why = self.select_views(obj, index)
         if choice is None:
-            self.counts["skipped_objects"] += 1
-            return None
+            return None, why
         ids, spare = choice
         n_in, size = self.opt.num_input_views, max(self.opt.input_size, self.opt.output_size)
         views, images = [], []
@@ -380,9 +523,7 @@ class GobjaverseItems:
                 images.append(images[-1])
                 continue
             if img is None:
-                warnings.warn(f"object {obj.uid}: unreadable input view {obj.views[i].vid}; using another object")
-                self.counts["skipped_objects"] += 1
-                return None
+                return None, f"input view {obj.views[i].vid:05d} cannot be read"
             view = obj.views[i]
             views.append(view)
             images.append(resample_to_fov(img, view.fov[0], view.fov[1], self.opt.fovy, size))
@@ -392,6 +533,15 @@ class GobjaverseItems:
         rng = self._generator(index, 3) if self.split == "train" else None
         item = make_item(rgba, c2w, self.opt, rng)
         item["uid"] = obj.uid
+        return item, None
+
+    def build(self, obj: GObject, index: int) -> Optional[dict]:
+        """The sample of ``obj`` (item ``index`` of the split), or None, with a warning and a count,
+        when it has no usable input views."""
+        item, why = self.make(obj, index)
+        if item is None:
+            warnings.warn(f"skipping object {obj.uid}: {why}")
+            self.counts["skipped_objects"] += 1
         return item
 
     def _read(self, view: GView) -> Optional[np.ndarray]:
@@ -404,11 +554,29 @@ class GobjaverseItems:
             return None
 
 
-class GobjaverseDataset(Dataset):
-    """G-Objaverse objects from folders or per-object tars (``--dataset gobjaverse``).
+_OPEN_ERRORS = (OSError, EOFError, tarfile.TarError)  # a folder or tar that cannot be read
 
-    split: 'train' or 'eval' (the last ``num_eval_objects`` objects). Call :meth:`set_epoch`
-    every epoch (training view choice and augmentations depend on it).
+
+def _is_main_process() -> bool:
+    """Rank 0 of a distributed launch (or no launch): the process that prints start-up lines."""
+    return os.environ.get("RANK", "0") in ("0", "")
+
+
+def _problem_list(problems: list[tuple[str, str]], limit: int = 5) -> str:
+    lines = [f"  {uid}: {why}" for uid, why in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more")
+    return "\n".join(lines)
+
+
+class GobjaverseDataset(Dataset):
+    """G-Objaverse objects from folders (with or without ``campos_512_v4/``) or per-object tars
+    (``--dataset gobjaverse``).
+
+    split: 'train' (every object but the held-out ones) or 'eval' (the last ``num_eval_objects``
+    objects, checked up front: unusable ones are left out and listed in ``self.skipped`` as
+    ``(uid, reason)``; empty with ``num_eval_objects`` 0). Call :meth:`set_epoch` every epoch
+    (training view choice and augmentations depend on it). See the module doc.
     """
 
     def __init__(self, opt: Options, split: str = "train"):
@@ -419,24 +587,100 @@ class GobjaverseDataset(Dataset):
             raise GobjaverseError(f"data_root is not a folder: {root}")
         self.root, self.opt = root, opt
         self.items = GobjaverseItems(opt, split)
-        names = list_objects(root, opt.data_list)
-        sources = [_resolve(root, n) for n in names]
-        missing = [n for n, s in zip(names, sources) if s is None]
+        self.skipped: list[tuple[str, str]] = []
+        if split == "eval" and opt.num_eval_objects <= 0:  # --num_eval_objects 0: no evaluation, nothing to list
+            self.sources = []
+            return
+        sources, missing = find_objects(root, opt.data_list)
         if missing:
-            warnings.warn(f"{len(missing)} of {len(names)} listed objects are not under {root} (e.g. {missing[0]}); skipped")
+            warnings.warn(f"{len(missing)} of {len(sources) + len(missing)} listed objects are not under {root} "
+                          f"(e.g. {missing[0]}); skipped")
             self.items.counts["skipped_objects"] += len(missing)
-        sources = [s for s in sources if s is not None]
         if not sources:
+            listed = f"{len(missing)} listed, none found" if opt.data_list else "none found"
             raise GobjaverseError(
-                f"no G-Objaverse object under {root}: {len(names)} listed, none found. Expected "
-                f"<group>/<uid>/{CAMPOS_DIR}/00000/00000.png with 00000.json, or <group>/<uid>.tar"
+                f"no G-Objaverse object under {root} ({listed}). Expected <group>/<uid>/00000/00000.png with "
+                f"00000.json (as download_gobjaverse_280k.py saves them), <group>/<uid>/{CAMPOS_DIR}/00000/..., "
+                f"or <group>/<uid>.tar"
             )
-        n_eval = min(opt.num_eval_objects, len(sources) - 1) if len(sources) > 1 else 0
-        if split == "eval":
-            self.sources = sources[len(sources) - n_eval:] if n_eval else sources[-1:]
-        else:
-            self.sources = sources[: len(sources) - n_eval] if n_eval else sources
+        announce = split == "train" and _is_main_process()
+        if announce:
+            print(f"[data] G-Objaverse under {root}: {len(sources)} objects ({describe_layouts(sources)})", flush=True)
+        if split == "train":
+            self._check_usable(sources, announce)
 
+        n_eval = max(0, int(opt.num_eval_objects))
+        if n_eval == 0:  # nothing held out (the eval split returned empty above)
+            train, held_out = sources, []
+        elif len(sources) == 1:  # nothing to hold out: evaluate on the training object
+            train, held_out = sources, sources
+            if split == "eval":
+                warnings.warn(f"only one G-Objaverse object under {root} ({sources[0].uid}): it is trained on and evaluated, not held out")
+        else:
+            n_eval = min(n_eval, len(sources) - 1)
+            train, held_out = sources[: len(sources) - n_eval], sources[len(sources) - n_eval:]
+        self.sources = train if split == "train" else self._check_held_out(held_out)
+
+    # ------------------------------------------------------------------ start-up checks
+    def _check_usable(self, sources: list[_Source], announce: bool) -> None:
+        """Cameras parse and an input quadruple exists (JSON files only), for every object or an
+        evenly spaced sample; one line on stdout, a warning listing the unusable ones."""
+        n = len(sources)
+        if n <= USABLE_CHECK_MAX:
+            picked = list(range(n))
+            how = "all checked"
+        else:
+            picked = sorted({i * n // USABLE_CHECK_MAX for i in range(USABLE_CHECK_MAX)})
+            how = f"checked an evenly spaced sample of {len(picked)} of the {n}"
+        problems = []
+        scratch = {"bad_views": 0, "skipped_objects": 0}
+        for i in picked:
+            try:
+                with open_object(sources[i], scratch) as obj:
+                    why = self.items.input_candidates(obj)[1]
+            except _OPEN_ERRORS as e:
+                why = f"cannot be read ({type(e).__name__}: {e})"
+            if why is not None:
+                problems.append((sources[i].uid, why))
+        usable = len(picked) - len(problems)
+        if announce:
+            of = f"{usable} of {n} objects usable" if len(picked) == n else f"{usable} of {len(picked)} checked objects usable"
+            print(f"[data] G-Objaverse: {of} ({how}; usable: cameras parse and 4 views of one orbit 90 degrees apart)", flush=True)
+        if usable == 0 and len(picked) == n:
+            raise GobjaverseError(f"no usable G-Objaverse object under {self.root}: all {n} lack readable cameras or 4 orbit "
+                                  f"views 90 degrees apart:\n{_problem_list(problems)}")
+        if problems:
+            warnings.warn(f"G-Objaverse under {self.root}: {len(problems)} of {len(picked)} checked objects unusable "
+                          f"(training skips them):\n{_problem_list(problems)}", stacklevel=3)
+
+    def _check_held_out(self, sources: list[_Source]) -> list[_Source]:
+        """Evaluation: keep the objects whose cameras parse, with an input quadruple whose images
+        can be read; list the others in ``self.skipped`` (never replaced by another object)."""
+        kept = []
+        for src in sources:
+            try:
+                with open_object(src, self.items.counts) as obj:
+                    choice, why = self.items.select_views(obj, len(kept))
+                    if choice is not None:
+                        inputs = choice[0][: self.opt.num_input_views]
+                        bad = next((obj.views[i].vid for i in inputs if self.items._read(obj.views[i]) is None), None)
+                        why = None if bad is None else f"input view {bad:05d} cannot be read"
+            except _OPEN_ERRORS as e:
+                why = f"cannot be read ({type(e).__name__}: {e})"
+            if why is None:
+                kept.append(src)
+            else:
+                self.skipped.append((src.uid, why))
+        if self.skipped:
+            self.items.counts["skipped_objects"] += len(self.skipped)
+            warnings.warn(f"G-Objaverse evaluation: {len(self.skipped)} of {len(sources)} held-out objects are unusable and "
+                          f"left out (not replaced):\n{_problem_list(self.skipped)}", stacklevel=3)
+        if sources and not kept:
+            raise GobjaverseError(f"none of the {len(sources)} held-out G-Objaverse objects under {self.root} is usable "
+                                  f"(--num_eval_objects 0 evaluates none):\n{_problem_list(self.skipped)}")
+        return kept
+
+    # ------------------------------------------------------------------ access
     @property
     def split(self) -> str:
         return self.items.split
@@ -463,17 +707,25 @@ class GobjaverseDataset(Dataset):
             choice = self.items.choose_views(obj, index)
             return None if choice is None else [obj.views[i].vid for i in choice[0]]
 
+    def _make(self, index: int) -> tuple[Optional[dict], Optional[str]]:
+        try:
+            with self.object(index) as obj:
+                return self.items.make(obj, index)
+        except _OPEN_ERRORS as e:
+            return None, f"cannot be read ({type(e).__name__}: {e})"
+
     def __getitem__(self, index: int) -> dict:
+        if self.split == "eval":  # never another object in its place: its scores carry this uid
+            item, why = self._make(index)
+            if item is None:
+                raise GobjaverseError(f"held-out object {self.sources[index].uid} became unusable after the start-up check: {why}")
+            return item
         n = len(self.sources)
         for attempt in range(n):
             i = (index + attempt) % n
-            try:
-                with self.object(i) as obj:
-                    item = self.items.build(obj, i)
-            except (OSError, tarfile.TarError) as e:
-                warnings.warn(f"skipping object {self.sources[i].uid}: {e}")
-                self.items.counts["skipped_objects"] += 1
-                item = None
+            item, why = self._make(i)
             if item is not None:
                 return item
+            warnings.warn(f"skipping object {self.sources[i].uid}: {why}; another object takes its place")
+            self.items.counts["skipped_objects"] += 1
         raise GobjaverseError(f"no usable object under {self.root}: every object lacks readable orbit input views")

@@ -471,17 +471,21 @@ class ShardsDataset(IterableDataset):
 class ShardsEvalDataset(Dataset):
     """The held-out objects of shards (``<prefix>-eval-*.tar``), loaded into memory (a map-style
     dataset, so evaluation splits them across processes like any other). Without eval shards, the
-    first ``num_eval_objects`` training objects are used, with a warning that they are not held out."""
+    first ``num_eval_objects`` training objects are used, with a warning that they are not held out;
+    ``num_eval_objects`` 0: none (evaluation is skipped)."""
 
     def __init__(self, opt: Options):
-        train, evals = resolve_shards(opt.data_root)
         self.builder = SampleBuilder(opt, "eval")
+        self.samples = []
+        if opt.num_eval_objects == 0:  # no evaluation: nothing to read
+            return
+        train, evals = resolve_shards(opt.data_root)
         samples = [s for info in evals for s in _iter_shard(info.url, 0, info.count)]
         if not samples:
             warnings.warn(f"no held-out shards for {opt.data_root}; evaluating on training objects")
             self.builder = SampleBuilder(opt, "train")  # their index is their training one
             samples = [s for info in train[:1] for s in _iter_shard(info.url, 0, max(1, opt.num_eval_objects))]
-        self.samples = samples[: max(1, opt.num_eval_objects)] if opt.num_eval_objects else samples[:1]
+        self.samples = samples[: opt.num_eval_objects]
 
     @property
     def split(self) -> str:
