@@ -221,7 +221,9 @@ def train(opt) -> int:
                 if grad_norm is not None:
                     scalars["train/grad_norm"] = float(grad_norm)
                 accelerator.log(scalars, step=global_step)
-                T.append_jsonl(ws / "train_log.jsonl", {"step": global_step, **{k.split("/")[1]: v for k, v in scalars.items()}})
+                T.append_jsonl(ws / "train_log.jsonl", {"step": global_step, **{k.split("/")[1]: v for k, v in scalars.items()},
+                                                        "time": round(time.time() - t0, 3),
+                                                        "peak_mem_gb": round(T.peak_memory_gb(accelerator.device), 3)})
                 pbar.set_postfix(loss=f"{loss_v:.4f}", psnr=f"{psnr_v:.2f}", lr=f"{lr:.2e}")
                 pbar.update(1)
                 if global_step % opt.log_every == 0:

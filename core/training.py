@@ -492,12 +492,17 @@ def append_jsonl(path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def memory_gb(device: torch.device) -> str:
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process so far: CUDA's allocated peak on a GPU, else the peak RSS."""
     if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 1024**3:.2f} GB (cuda peak)"
+        return torch.cuda.max_memory_allocated(device) / 1024**3
     import resource
 
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB (peak RSS)"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def memory_gb(device: torch.device) -> str:
+    return f"{peak_memory_gb(device):.2f} GB ({'cuda peak' if device.type == 'cuda' else 'peak RSS'})"
 
 
 @torch.no_grad()
