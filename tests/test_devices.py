@@ -225,3 +225,22 @@ def test_replica_fingerprint_needs_no_float64_copy_of_the_model():
     torch.testing.assert_close(fingerprint, torch.stack([flat.sum(), flat.square().sum()]), rtol=1e-12, atol=0)
     assert fingerprint.dtype == torch.float64
     assert recorder.largest <= max(p.numel() for p in model.parameters()) < flat.numel() // 4
+
+
+@pytest.mark.parametrize("changes", PRESETS.values(), ids=PRESETS.keys())
+def test_a_bf16_autocast_training_step_keeps_losses_and_rendering_in_fp32(changes):
+    """A training step as accelerate's bf16 mixed precision runs it (the U-Net under autocast),
+    here with CPU autocast: the loss, the rendered images and the Gaussians are float32, the loss
+    is within bf16 rounding of the fp32 one, and every gradient is finite."""
+    opt = micro_options(num_views=5, **changes)
+    batch = training_batch(opt)
+    model = LGM(opt, lpips_pretrained=False)
+    with torch.no_grad():
+        ref = model(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    out["loss"].backward()
+    assert out["loss"].dtype == out["images_pred"].dtype == out["gaussians"].dtype == torch.float32
+    assert abs(out["loss"].item() - ref["loss"].item()) < 0.03 * ref["loss"].item()
+    assert (out["gaussians"] - ref["gaussians"]).abs().mean() < 0.01  # bf16 U-Net outputs, fp32 activations
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
