@@ -29,7 +29,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	  || echo "NOTE: bpy could not be installed; the Blender tests will be skipped"
 
 demo: venv
-	$(PYTHON) main.py cpu --max_steps $(DEMO_STEPS) --workspace workspace_demo --export_objects 2
+	$(PYTHON) main.py cpu --max_steps $(DEMO_STEPS) --workspace workspace_demo --export_objects 2 --overwrite
 
 test: venv-dev .venv-blender/.installed
 	$(PYTHON) -m pytest tests -q

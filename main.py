@@ -69,9 +69,11 @@ def train(opt) -> int:
     from core import training as T
     from core.metrics import LPIPSUnavailableError
     from core.models import LGM
-    from core.outputs import prepare_output_dir
+    from core.outputs import OutputError, WorkspaceLock, prepare_output_dir
     from core.weights import load_weights
 
+    if opt.resume_from == "latest":  # nothing to continue: say so before creating the folder
+        T.resolve_resume_dir(Path(opt.workspace).expanduser(), "latest")
     ws = prepare_output_dir(opt.workspace, "--workspace")
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several CPU processes then talk over gloo
@@ -83,6 +85,23 @@ def train(opt) -> int:
     main_proc = accelerator.is_main_process
     say = accelerator.print
     set_seed(opt.seed)
+
+    # ------------------------------------------------------------------ one run per workspace
+    # The main process locks the workspace for as long as it runs (released by the OS when it ends,
+    # however it ends) and refuses a fresh run over an earlier one unless --overwrite.
+    problem = ""
+    if main_proc:
+        try:
+            lock = WorkspaceLock(ws).acquire()  # noqa: F841 (held until this process ends)
+            if not opt.resume_from:
+                removed = T.check_fresh_run(ws, opt.overwrite)
+                if removed:
+                    say(f"[workspace] --overwrite: removed the earlier run's {', '.join(removed)} from {ws}")
+        except OutputError as e:
+            problem = str(e)
+    if bool(accelerator.gather(torch.tensor([problem != ""], device=accelerator.device)).any()):
+        say(f"error: {problem}")
+        return 2
     if accelerator.device.type == "cuda" and opt.renderer != "torch":  # load (or compile) gsplat's kernels, main process first
         from core.rasterizer import gsplat_backend
 
@@ -146,6 +165,8 @@ def train(opt) -> int:
     if len(eval_ds) == 0:
         say("[eval] no held-out objects (--num_eval_objects 0): evaluation is skipped")
 
+    evals: dict[int, dict] = {}  # step -> results
+
     def run_eval(step: int) -> Optional[dict]:
         if len(eval_ds) == 0:
             return None
@@ -153,6 +174,7 @@ def train(opt) -> int:
         with ema.applied_to(raw_model) if ema is not None else contextlib.nullcontext():
             res = T.evaluate(raw_model, eval_loader, opt, lpips_eval, accelerator)
         model.train()
+        evals[step] = res
         if main_proc:
             T.append_jsonl(ws / "metrics.jsonl", {"step": step, **res})
             accelerator.log({f"eval/{k}": v for k, v in res.items() if isinstance(v, float)}, step=step)
@@ -270,7 +292,7 @@ def train(opt) -> int:
         sums = accelerator.gather(T.weight_fingerprint(raw_model).reshape(1, 2))
         same = bool((sums == sums[0]).all())
         say(f"[train] {'identical' if same else 'DIFFERENT'} weights on {accelerator.num_processes} processes")
-    res = run_eval(global_step) if last_eval != global_step else None
+    res = run_eval(global_step) if last_eval != global_step else evals.get(global_step)
     if main_proc and opt.export_objects > 0 and len(eval_ds) > 0:
         export_objects(raw_model, ema, eval_ds, opt, ws / "export")
     if main_proc and res is not None and res["psnr"] is not None:

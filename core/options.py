@@ -110,6 +110,9 @@ class Options:
     """Initial weights (.safetensors/.pt/.pth); loaded tolerantly, optimizer state is not restored."""
     resume_from: Optional[str] = None
     """Full-state resume: 'latest' or a checkpoint folder (weights, optimizer, scheduler, RNG, data position)."""
+    overwrite: bool = False
+    """Start a fresh run in a workspace that holds another run, deleting that run's checkpoints, weights,
+    logs, images and exports (without it such a run is refused: continue it with --resume_from latest)."""
     batch_size: int = 8
     """Objects per batch and process."""
     gradient_accumulation_steps: int = 1

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from core.images import image_grid, unnormalize_imagenet, write_image
 from core.metrics import LPIPSUnavailableError, build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
-from core.outputs import describe_os_error, write_atomically
+from core.outputs import OutputError, describe_os_error, share_like_other_outputs, write_atomically
 
 CHECKPOINT_PREFIX = "step_"
 COMPLETE_MARKER = "progress.json"
@@ -219,6 +219,49 @@ def resolve_resume_dir(workspace, resume_from: str) -> Path:
     return d
 
 
+RUN_OUTPUTS = ("checkpoints", "model.safetensors", "model_ema.safetensors", "train_log.jsonl", "metrics.jsonl",
+               "tb", "images", "export")
+"""What a training run writes into its workspace (``--overwrite`` removes exactly these)."""
+
+
+class WorkspaceUsedError(OutputError):
+    """A fresh run into a workspace that holds another run; the message says how to go on."""
+
+
+def earlier_run(workspace) -> list[str]:
+    """What says that ``workspace`` holds a run: its checkpoints, weights and step log (empty: none)."""
+    ws = Path(workspace)
+    found = [f"checkpoint {d.name}" for d in checkpoint_dirs(ws)[-1:]]
+    found += [name for name in ("model.safetensors", "train_log.jsonl") if (ws / name).is_file()]
+    return found
+
+
+def check_fresh_run(workspace, overwrite: bool) -> list[str]:
+    """Before a run without ``--resume_from``: refuse a workspace that holds another run, unless
+    ``overwrite``, which removes that run's outputs (:data:`RUN_OUTPUTS`). -> what was removed"""
+    ws = Path(workspace)
+    found = earlier_run(ws)
+    if not found:
+        return []
+    if not overwrite:
+        raise WorkspaceUsedError(
+            f"--workspace {ws} holds an earlier run ({', '.join(found)}).\nContinue it with --resume_from latest, "
+            f"start over with --overwrite (deletes its checkpoints, weights, logs, images and exports), or give "
+            f"another --workspace."
+        )
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = ws / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def read_progress(ckpt_dir: Path) -> dict:
     return json.loads((ckpt_dir / COMPLETE_MARKER).read_text())
 
@@ -254,6 +297,7 @@ def save_checkpoint(accelerator, workspace, step: int, progress: dict, keep_last
             if ema is not None:
                 save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / EMA_FILE))
             (tmp / COMPLETE_MARKER).write_text(json.dumps(progress))
+            share_like_other_outputs(tmp)  # safetensors writes 0600: the team could read the logs but not the weights
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
     except Exception as e:  # a full disk shows as OSError, or as torch's / safetensors' own write errors
