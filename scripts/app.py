@@ -124,9 +124,8 @@ def load_models(args: AppArgs, device) -> Models:
     except WeightsNotFoundError as e:
         for mode in args.modes:
             models.notes[mode] = f"The LGM weights are missing. {e}"
-        return models
     for mode, name in (("image", args.imagedream), ("text", args.mvdream)):
-        if mode in args.modes:
+        if mode in args.modes and mode not in models.notes:
             try:
                 models.pipes[mode] = G.load_mv_pipeline(name, "image" if mode == "image" else "prompt", device)
                 print(f"[app] {MODE_TITLES[mode]}: {name}")
@@ -139,11 +138,28 @@ def load_models(args: AppArgs, device) -> Models:
             models.remover = remover
         except WeightsError as e:
             models.rembg_note = f"Only images with a transparent background can be used: {e}"
-    for mode, note in models.notes.items():
-        print(f"[app] {MODE_TITLES[mode]} is off: {note}")
+    for mode in MODE_TITLES:  # one console line per tab that is off, in the page's order
+        if mode in models.notes:
+            print(f"[app] {MODE_TITLES[mode]} is off: {one_line(models.notes[mode])}", flush=True)
     if models.rembg_note:
-        print(f"[app] {models.rembg_note}")
+        print(f"[app] {one_line(models.rembg_note)}", flush=True)
     return models
+
+
+def one_line(text: str) -> str:
+    """A (multi-line) note as one console line."""
+    return " ".join(text.split())
+
+
+def nothing_to_serve(args: AppArgs, models: Models) -> Optional[str]:
+    """None while a tab works; else the message saying why each tab asked for (--modes) is off."""
+    if any(mode not in models.notes for mode in MODE_TITLES):
+        return None
+    reasons = {}  # note -> the tabs it switches off (missing LGM weights switch all of them off)
+    for mode in dict.fromkeys(args.modes):
+        reasons.setdefault(models.notes[mode], []).append(MODE_TITLES[mode])
+    return "every tab is off, so there is nothing to serve:\n" + "\n".join(
+        f"{', '.join(titles)}: {note}" for note, titles in reasons.items())
 
 
 # --------------------------------------------------------------------------- examples
@@ -324,6 +340,26 @@ def image_input(**kwargs) -> gr.Image:
     return component
 
 
+def number_input(component):
+    """``component`` (a gr.Slider or gr.Number) answering a value outside its range, or no number at
+    all (an API request can send anything), with an error message naming the setting and one line in
+    the server log instead of Gradio's traceback. (Wrapped on the instance, as in image_input.)"""
+    base = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return base(payload)
+        except gr.Error as e:  # "Value 0 is less than minimum value 1."
+            message = f"{component.label}: {e.message}"
+        except Exception as e:  # a string, a list, ...
+            message = f"{component.label}: {repr(payload)[:60]} is not a number ({type(e).__name__})"
+        print(f"[app] request refused: {message}", file=sys.stderr, flush=True)
+        raise refuse(message) from None
+
+    component.preprocess = preprocess
+    return component
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -364,11 +400,12 @@ def build_demo(args: AppArgs, models: Models, workspace: Path, examples: dict) -
                         buttons["views"] = _generate_button(models, "views", "Generate from the 4 views")
                 with gr.Accordion("Settings", open=True):
                     with gr.Row():
-                        seed = gr.Number(value=0, precision=0, label="Seed")
-                        steps = gr.Slider(1, 100, value=30, step=1, label="Diffusion steps")
+                        seed = number_input(gr.Number(value=0, precision=0, label="Seed"))
+                        steps = number_input(gr.Slider(1, 100, value=30, step=1, label="Diffusion steps"))
                     with gr.Row():
-                        guidance = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale")
-                        elevation = gr.Slider(-60, 60, value=0, step=1, label="Elevation (degrees, negative = from above)")
+                        guidance = number_input(gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale"))
+                        elevation = number_input(gr.Slider(-60, 60, value=0, step=1,
+                                                           label="Elevation (degrees, negative = from above)"))
                     with gr.Row():
                         y_down = gr.Checkbox(label="y-down .ply/.splat (SuperSplat, splat-transform)", value=False)
                         mesh = gr.Checkbox(label="Also a textured mesh (.glb; takes seconds)", value=False)
@@ -422,7 +459,7 @@ def check_port(host: str, port: int) -> None:
 
 def main(argv=None) -> int:
     """Parse ``argv``, load the models, serve until Ctrl-C. Exit code 2: bad flags, an unusable
-    --workspace or port, weights of the wrong kind."""
+    --workspace or port, weights of the wrong kind, no tab left to offer (all their weights missing)."""
     from core.options import config_defaults
     from core.outputs import prepare_output_dir
 
@@ -440,6 +477,9 @@ def main(argv=None) -> int:
         workspace = prepare_output_dir(args.workspace, "--workspace").resolve()
         device = G.default_device(args.device)
         models = load_models(args, device)
+        off = nothing_to_serve(args, models)
+        if off:
+            raise GenerationError(off)
         examples = make_examples(workspace / "examples", config_defaults[args.preset])
         demo = build_demo(args, models, workspace, examples)
     except (WeightsError, GenerationError, ImageReadError, OutputError) as e:

@@ -14,7 +14,9 @@ replaces a pending one, so dragging never queues renders up. Ctrl-C stops the vi
 
 from __future__ import annotations
 
+import errno
 import math
+import socket
 import sys
 import threading
 import time
@@ -47,7 +49,7 @@ class ViewerArgs:
     host: str = "127.0.0.1"
     """Address to serve on (0.0.0.0: every network interface)."""
     port: int = 8080
-    """Port to serve on (the next free one when it is taken)."""
+    """Port to serve on (the next free one when it is taken; 0: any free port)."""
     y_down: bool = False
     """The file is y-down (COLMAP / 3DGS training scenes, PlayCanvas exports, infer.py --y-down): show it upright."""
     render_size: int = 256
@@ -239,32 +241,103 @@ class Viewer:
         self.server.stop()
 
 
-def main(argv=None) -> int:
-    """Serve the viewer until Ctrl-C. Exit code 2: a missing or unreadable PLY, a bad option."""
-    from core.generation import GenerationError, default_device
+PORT_TRIES = 1000  # a taken --port: the next free one among this many, as viser looks for one
+
+
+def serving_port(host: str, port: int) -> int:
+    """The port to serve ``host:port`` on: ``port`` itself, or the next free one when it is taken
+    (0: the system picks one). Checked here, in the main thread, because viser binds in a thread of
+    its own and, when the address is unusable, never returns. Raises GenerationError naming the flag
+    and its value: a port out of range, a host name that does not resolve, an address that is not
+    this machine's, a port the system refuses."""
+    from core.generation import GenerationError
+
+    if not 0 <= port <= 65535:
+        raise GenerationError(f"--port must be in 1..65535 (or 0: any free port), got {port}")
+    try:
+        addresses = {(family, address[0]) for family, _, _, _, address in
+                     socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
+    except (socket.gaierror, UnicodeError) as e:
+        why = e.strerror if isinstance(e, socket.gaierror) else str(e)
+        raise GenerationError(f"--host {host}: cannot resolve this name ({why}); give a name or address of this machine, "
+                              "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every network interface)") from None
+    last = min(65535, port + PORT_TRIES - 1) if port else 0
+    for candidate in range(port, last + 1):
+        try:
+            for family, address in sorted(addresses):
+                with socket.socket(family, socket.SOCK_STREAM) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket
+                    if family == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.bind((address, candidate))
+            return candidate
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                continue
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise GenerationError(f"--host {host}: not an address of this machine ({e.strerror}); use 127.0.0.1 "
+                                      "(this machine only), 0.0.0.0 (every network interface) or one of this machine's "
+                                      "addresses (hostname -I)") from None
+            raise GenerationError(f"cannot serve on {host}:{candidate} ({e.strerror}); choose another --port or --host") from None
+    raise GenerationError(f"--port {port}: it and the next ports up to {last} are all taken; choose another --port")
+
+
+def read_gaussians(path: Path, y_down: bool) -> Tensor:
+    """The Gaussians [N, 14] of the PLY at ``path``, or GenerationError / RendererError saying what
+    is wrong with the file."""
+    from core.generation import GenerationError
     from core.gs import RendererError, load_ply
+    from core.mesh import MeshError, checked_gaussians
+
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ply"))
+        hint = ""
+        if inside:
+            hint = f"; it holds {', '.join(inside[:3])}" + (", ..." if len(inside) > 3 else "")
+        raise GenerationError(f"{path} is a folder, not a PLY file: give the .ply file itself{hint}")
+    if not path.is_file():
+        raise GenerationError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.rstrip(b"\r\n") != b"ply":  # a PLY file starts with the line "ply"
+        raise GenerationError(f"{path} is not a PLY file (it does not start with the line 'ply'); give a 3DGS .ply "
+                              "(infer.py writes <name>.ply)")
+    try:
+        gaussians = load_ply(path, y_down=y_down)  # [N, 14]
+    except RendererError:
+        raise
+    except Exception as e:  # a broken PLY
+        raise GenerationError(f"{path}: cannot be read as a PLY ({type(e).__name__}: {e})") from None
+    if gaussians.shape[0] == 0:
+        raise GenerationError(f"{path} holds no Gaussians")
+    try:
+        checked_gaussians(gaussians)  # the check of scripts/convert_mesh.py (core.mesh): no NaN or inf
+    except MeshError as e:
+        raise GenerationError(f"{path}: {e}") from None
+    return gaussians
+
+
+def main(argv=None) -> int:
+    """Serve the viewer until Ctrl-C. Exit code 2: a missing or unreadable PLY, a bad option (an
+    address or port that cannot be served)."""
+    from core.generation import GenerationError, default_device
+    from core.gs import RendererError
 
     args = tyro.cli(ViewerArgs, args=argv, description=__doc__.split("\n\n")[0])
     try:
         path = Path(args.ply)
-        if not path.is_file():
-            raise GenerationError(f"no such file: {path}")
         if not 16 <= args.render_size <= 2048:
             raise GenerationError(f"--render-size must be in 16..2048, got {args.render_size}")
         device = default_device(args.device)
-        try:
-            gaussians = load_ply(path, y_down=args.y_down)  # [N, 14]
-        except RendererError:
-            raise
-        except Exception as e:  # not a PLY at all
-            raise GenerationError(f"{path}: cannot be read as a PLY ({type(e).__name__}: {e})") from None
-        if gaussians.shape[0] == 0:
-            raise GenerationError(f"{path} holds no Gaussians")
+        gaussians = read_gaussians(path, args.y_down)  # [N, 14]
+        port = serving_port(args.host, args.port)
     except (GenerationError, RendererError) as e:
         bar = "-" * 78
         print(f"\n{bar}\nviewer.py: {e}\n{bar}", file=sys.stderr)
         return 2
-    viewer = Viewer(gaussians, path.name, args.host, args.port, args.render_size, device)
+    if port != args.port and args.port:
+        print(f"[viewer] port {args.port} is taken; serving on {port}", flush=True)
+    viewer = Viewer(gaussians, path.name, args.host, port, args.render_size, device)
     print(f"[viewer] {path} ({gaussians.shape[0]:,} Gaussians) at http://{args.host}:{viewer.port}  (Ctrl-C stops)", flush=True)
     try:
         while True:

@@ -232,6 +232,36 @@ def test_bad_inputs_are_error_messages_and_the_server_keeps_serving(client, asse
     assert load_ply(ply).shape == (N_GAUSSIANS, 14)
 
 
+def test_out_of_range_settings_are_an_error_message_and_one_log_line(client, assets, server):
+    """A setting outside its slider's range sent to the API: the client's error names the setting,
+    and the server log gets one line for it, not a traceback."""
+    from gradio_client.exceptions import AppError
+
+    start = len(server.log.read_text())
+    bad = [
+        ("image_to_3d", dict(steps=0), "Diffusion steps: Value 0 is less than minimum value 1"),
+        ("text_to_3d", dict(guidance_scale=25.0), "Guidance scale: Value 25.0 is greater than maximum value 20"),
+        ("views_to_3d", dict(elevation=-90.0),
+         "Elevation (degrees, negative = from above): Value -90.0 is less than minimum value -60"),
+    ]
+    answers = []
+    for endpoint, changes, words in bad:
+        with pytest.raises(AppError) as info:
+            call(client, endpoint, assets, **changes)
+        answers.append(str(info.value))
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5:  # the server writes its log as it answers
+        logged = server.log.read_text()[start:]
+        if all(words in logged for _, _, words in bad):
+            break
+        time.sleep(0.2)
+    assert "Traceback" not in logged, logged[-3000:]
+    for (endpoint, changes, words), answer in zip(bad, answers):
+        assert words in answer, (endpoint, changes, answer)
+        assert sum(words in line for line in logged.splitlines()) == 1, logged[-3000:]
+    assert load_ply(call(client, "views_to_3d", assets)[3]).shape == (N_GAUSSIANS, 14)  # still serving
+
+
 def test_missing_weights_switch_a_mode_off_with_the_download_command(assets, tmp_path):
     """No MVDream folder (offline): the app starts, text to 3D is off with a note naming the download
     command, its button is disabled and its endpoint answers with the note; the rest works."""
@@ -271,6 +301,46 @@ def test_bad_flags_stop_with_exit_code_2(assets, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert app.main(["--preset", "cpu", "--workspace", str(tmp_path / "file"), "--port", str(free_port())]) == 2
     assert "--workspace" in capsys.readouterr().err
+
+
+def test_no_tab_left_stops_at_start_with_exit_code_2_saying_why(tmp_path):
+    """No LGM weights: every tab is off. The console names each one and why, one line each, and the
+    app stops with exit code 2 and a one-screen message instead of serving a page with nothing to do."""
+    missing = tmp_path / "no_such_lgm.safetensors"
+    cmd = [sys.executable, str(ROOT / "scripts" / "app.py"), "--preset", "cpu", "--resume", str(missing), "--modes", "views",
+           "--workspace", str(tmp_path / "ws"), "--port", str(free_port())]
+    try:
+        done = subprocess.run(cmd, cwd=tmp_path, env=server_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=90)
+    except subprocess.TimeoutExpired as e:
+        out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
+        pytest.fail(f"the app still runs after 90 s with every tab off:\n{out[-3000:]}")
+    lines = done.stdout.splitlines()
+    assert done.returncode == 2, done.stdout[-3000:]
+    assert "Traceback" not in done.stdout and "nothing to serve" in done.stdout, done.stdout[-3000:]
+    off = {line.split(" is off: ")[0]: line for line in lines if line.startswith("[app] ") and " is off: " in line}
+    assert sorted(off) == ["[app] 4 views to 3D", "[app] Image to 3D", "[app] Text to 3D"], done.stdout[-3000:]
+    assert "The LGM weights are missing" in off["[app] 4 views to 3D"] and str(missing) in off["[app] 4 views to 3D"]
+    assert "--modes views image" in off["[app] Image to 3D"] and "--modes views text" in off["[app] Text to 3D"]
+    assert len(lines) <= 25, done.stdout  # one screen
+
+
+def test_tabs_that_are_off_are_named_in_the_console_and_the_rest_is_served(assets, tmp_path, capsys, monkeypatch):
+    """No MVDream weights: the app starts (4 views to 3D works) and the console says, one line per
+    tab, that Text to 3D is off (with the download command) and Image to 3D is not offered."""
+    app = load_app_module()
+    launched = []
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    no_mvdream = tmp_path / "pretrained" / "mvdream-sd2.1-diffusers"
+    assert app.main(["--preset", "cpu", "--resume", str(assets.ckpt), "--modes", "text", "views", "--mvdream", str(no_mvdream),
+                     "--workspace", str(tmp_path / "ws"), "--port", str(free_port())]) == 0
+    assert len(launched) == 1
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if " is off: " in line]
+    assert len(lines) == 2, out
+    assert lines[0].startswith("[app] Image to 3D is off: Not offered") and "--modes text views image" in lines[0], out
+    assert lines[1].startswith("[app] Text to 3D is off: The multi-view diffusion weights are missing"), out
+    assert "download_weights.py --only mvdream" in lines[1], out  # the whole note on the tab's one line
 
 
 def test_examples_are_synthetic_renders_made_by_the_project(tmp_path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -175,6 +176,102 @@ def test_viewer_reads_other_tools_ply_and_refuses_bad_files(tmp_path, capsys):
     assert viewer.main([str(tmp_path / "notes.ply")]) == 2
     err = capsys.readouterr().err
     assert "notes.ply" in err and "Traceback" not in err
+
+
+def broken_ply(path) -> None:
+    """A 3DGS PLY of 8 Gaussians, one centre NaN and one log-scale inf."""
+    from plyfile import PlyData, PlyElement
+
+    save_ply(gaussians(8), path)
+    data = PlyData.read(str(path))["vertex"].data.copy()
+    data["x"][2] = np.nan
+    data["scale_1"][5] = np.inf
+    PlyData([PlyElement.describe(data, "vertex")]).write(str(path))
+
+
+@pytest.mark.parametrize("case", ["folder", "image", "nan"])
+def test_viewer_says_what_is_wrong_with_the_file(tmp_path, capsys, monkeypatch, case):
+    """A folder, an image and a PLY holding NaN / inf are each a one-screen error with exit code 2
+    that says so; the non-finite values are refused as scripts/convert_mesh.py refuses them (core.mesh)."""
+    from core.images import write_image
+    from core.mesh import MeshError, checked_gaussians
+
+    viewer = load_viewer_module()
+
+    def started(*args, **kwargs):
+        raise AssertionError("the viewer started serving a file it should have refused")
+
+    monkeypatch.setattr(viewer, "Viewer", started)
+    if case == "folder":
+        (tmp_path / "scene").mkdir()
+        save_ply(gaussians(8), tmp_path / "scene" / "point_cloud.ply")
+        path, words, wrong = tmp_path / "scene", ["is a folder", "point_cloud.ply"], "no such file"
+    elif case == "image":
+        write_image(tmp_path / "photo.png", np.full((16, 16, 3), 0.5, np.float32))
+        path, words, wrong = tmp_path / "photo.png", ["photo.png is not a PLY file"], "UnicodeDecodeError"
+    else:
+        path = tmp_path / "broken.ply"
+        broken_ply(path)
+        with pytest.raises(MeshError) as refused:  # what convert_mesh.py says about this file
+            checked_gaussians(load_ply(path))
+        assert "2 of 8 Gaussians hold NaN or inf" in str(refused.value)
+        words, wrong = [f"broken.ply: {refused.value}"], "Traceback"
+    assert viewer.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and wrong not in err and "Traceback" not in err, err
+
+
+def run_viewer(args: list, cwd, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """scripts/viewer.py as a user runs it; a viewer still running after ``timeout`` s fails the test."""
+    from test_app import server_env
+
+    try:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "viewer.py"), *args], cwd=cwd, env=server_env(cwd),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
+        pytest.fail(f"the viewer still runs after {timeout:.0f} s (it should have stopped with a message):\n{out[-2000:]}")
+
+
+@pytest.mark.parametrize("flags", [
+    ["--port", "99999"],  # out of range: viser's thread died with a traceback and the viewer hung
+    ["--host", "no-such-host.invalid"],  # a name that never resolves (RFC 6761)
+    ["--host", "203.0.113.5"],  # a documentation address (RFC 5737), not on this machine
+], ids=["port-out-of-range", "unknown-host-name", "address-not-here"])
+def test_viewer_stops_on_an_address_it_cannot_serve(tmp_path, flags):
+    save_ply(gaussians(8), tmp_path / "small.ply")
+    done = run_viewer([str(tmp_path / "small.ply"), *flags, "--render-size", "16"], tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert flags[0] in done.stdout and flags[1] in done.stdout and "Traceback" not in done.stdout, done.stdout
+    assert len(done.stdout.strip().splitlines()) <= 10, done.stdout  # one screen
+
+
+def test_viewer_serves_on_the_next_port_when_its_port_is_taken_and_says_so(tmp_path):
+    from test_app import server_env, stop
+
+    save_ply(gaussians(8), tmp_path / "small.ply")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log = tmp_path / "viewer.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "viewer.py"), str(tmp_path / "small.ply"),
+                                     "--port", str(port), "--render-size", "16"],
+                                    cwd=tmp_path, env=server_env(tmp_path), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            t0 = time.monotonic()
+            while "Ctrl-C stops" not in log.read_text():
+                assert proc.poll() is None, f"the viewer exited with code {proc.returncode}:\n{log.read_text()[-2000:]}"
+                assert time.monotonic() - t0 < 60, f"the viewer did not start within 60 s:\n{log.read_text()[-2000:]}"
+                time.sleep(0.2)
+            text = log.read_text()
+            served = int(text.split("(Ctrl-C stops)")[0].rsplit("http://127.0.0.1:", 1)[1].split()[0])
+            assert served != port and f"[viewer] port {port} is taken; serving on {served}" in text, text
+            with urllib.request.urlopen(f"http://127.0.0.1:{served}/", timeout=10) as r:
+                assert r.status == 200
+        finally:
+            stop(proc)
 
 
 # --------------------------------------------------------------------------- served, in a browser
