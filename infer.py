@@ -3,12 +3,23 @@
     python infer.py photo.png more_photos/            # ImageDream, one object per image
     python infer.py --prompt "a wooden chair"         # MVDream, text to 3D
     python infer.py --views four_views.png            # your own 4 views (azimuths 0/90/180/270)
+    python infer.py --views a.png --views b/          # several objects, one per --views
 
 Per input, in --workspace: <name>.ply, <name>.mp4, <name>_mv.png (the 4 views side by side, in
 LGM's order: feed it back with --views), with --splat <name>.splat and with --mesh <name>.glb (a
 textured mesh). Runs in fp16 on CUDA and fp32 on the CPU. A weight file that is missing and cannot
 be downloaded stops the run with exit code 2 and a message naming the file and the command that
 fetches it.
+
+--views takes a strip of 4 square views side by side, or a folder of 4 images; each --views is one
+object. A strip 4 times taller than wide is read as 4 views stacked top to bottom, with a note
+saying so. Refused before any model loads, with exit code 2 and nothing written: views under 32 px
+(a thumbnail given by mistake), animations (GIF, APNG, WebP of several frames: save the frame you
+mean as a PNG), and blank views (white or transparent everywhere: there is no object, and the
+model would only make faint floating Gaussians of the white). When the Gaussians of an object hold
+no surface for --mesh (core.mesh: all below opacity 1/255, or none above its threshold), its .ply,
+_mv.png and .mp4 are written, the .glb is not, and the run stops with exit code 2 and a message
+naming the files written.
 """
 
 from __future__ import annotations
@@ -52,9 +63,11 @@ class InferArgs:
     """Classifier-free guidance scale (1 = none)."""
     elevation: float = 0.0
     """Elevation of the 4 views in degrees (core.cameras convention: negative looks from above)."""
-    views: Optional[str] = None
-    """An image holding 4 views side by side, or a folder of 4 images (sorted by name), at the default
-    cameras (azimuth 0, 90, 180, 270): skips the diffusion model."""
+    views: Annotated[Tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="PATH")] = ()
+    """An image holding 4 views side by side (or stacked top to bottom: said in a note), or a folder of 4
+    images (sorted by name), at the default cameras (azimuth 0, 90, 180, 270): skips the diffusion model.
+    Repeat it for several objects (--views a.png --views b.png). Views under 32 px, animations and blank
+    (all white) views are refused."""
     mv_model: Optional[str] = None
     """Multi-view diffusion model: a diffusers folder or hub id (default: pretrained/imagedream-ipmv-diffusers
     for images, pretrained/mvdream-sd2.1-diffusers for a prompt)."""
@@ -65,8 +78,9 @@ class InferArgs:
     splat: bool = False
     """Also write <name>.splat (the antimatter15 web-viewer format)."""
     y_down: bool = False
-    """Write .ply and .splat y-down (the COLMAP / 3DGS training convention that PlayCanvas SuperSplat and
-    splat-transform expect) instead of y-up (three.js viewers, Gradio, scripts/viewer.py)."""
+    """Write .ply and .splat y-down (the COLMAP / 3DGS training convention that PlayCanvas SuperSplat,
+    splat-transform and Gradio's Model3D expect; scripts/app.py shows Gradio a y-down copy itself)
+    instead of y-up (three.js viewers, scripts/viewer.py)."""
     mesh: bool = False
     """Also write <name>.glb: a textured mesh extracted from the Gaussians (core.mesh; takes seconds)."""
     video_frames: int = 180
@@ -95,15 +109,19 @@ def collect_jobs(args: InferArgs) -> list[Job]:
     """
     from core.generation import image_files
 
-    if args.views is not None:
-        if args.paths:
-            raise GenerationError("give either PATH... (images for ImageDream) or --views, not both")
-        views = Path(args.views)
-        if not views.exists():
-            raise GenerationError(f"--views: no such file or folder: {views}")
-        return [Job(views.stem, "views", views)]
+    views = (args.views,) if isinstance(args.views, str) else tuple(args.views or ())
     jobs: list[Job] = []
-    for p in map(Path, args.paths):
+    if views:
+        if args.paths:
+            raise GenerationError(
+                f"give either PATH... (images for ImageDream) or --views, not both (got PATH {' '.join(args.paths)}; "
+                "for several 4-view inputs repeat the flag: --views a.png --views b.png)"
+            )
+        for v in map(Path, views):
+            if not v.exists():
+                raise GenerationError(f"--views: no such file or folder: {v}")
+            jobs.append(Job(v.stem, "views", v))
+    for p in map(Path, () if views else args.paths):
         if p.is_dir():
             files = image_files(p)
             if not files:
@@ -123,15 +141,19 @@ def collect_jobs(args: InferArgs) -> list[Job]:
 
 
 def read_inputs(jobs: list[Job]) -> None:
-    """Read every input file into its job, before any model loads: an unreadable file is an error
-    naming it, not a traceback after minutes of loading."""
+    """Read every input file into its job, before any model loads: an unreadable file (or blank,
+    tiny or animated views) is an error naming it, not a traceback after minutes of loading. What is
+    accepted but may surprise (a strip of views stacked top to bottom) is printed as a note."""
     from core.generation import read_views
 
     for job in jobs:
         if job.kind == "image":
             job.image = read_image(job.path)
         elif job.kind == "views":
-            job.image = read_views(job.path)
+            notes: list[str] = []
+            job.image = read_views(job.path, notes)
+            for note in notes:
+                print(f"[infer] note: {note}")
 
 
 def settings_of(args: InferArgs):

@@ -30,6 +30,7 @@ DEFAULT_IMAGEDREAM = "pretrained/imagedream-ipmv-diffusers"
 DEFAULT_MVDREAM = "pretrained/mvdream-sd2.1-diffusers"
 MV_SIZE = 256  # the published MVDream/ImageDream models generate 256 px views
 MIN_VIDEO_SIZE = 256  # turntables of small presets (the CPU demo renders 64 px) are enlarged to this
+MIN_VIEW_SIZE = 32  # px per view: smaller --views are refused (the cpu preset, the smallest, reads 32 px)
 
 
 class GenerationError(ValueError):
@@ -123,29 +124,64 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def split_views(image: np.ndarray, source: str = "the views image") -> np.ndarray:
+def split_views(image: np.ndarray, source: str = "the views image", notes: Optional[list] = None) -> np.ndarray:
     """4 square views side by side (or stacked) -> float32 [4, S, S, 3] on white, LGM's order.
 
-    image: [H, W, 3|4] float in [0, 1]; transparent pixels are composited on white.
+    image: [H, W, 3|4] float in [0, 1]; transparent pixels are composited on white. A strip 4 times
+    taller than wide is read as 4 views stacked top to bottom (the first at the top); ``notes``, when
+    given, receives a line saying so.
     """
     h, w = image.shape[:2]
     if w == 4 * h:
         views = np.stack(np.split(image, 4, axis=1))
     elif h == 4 * w:
         views = np.stack(np.split(image, 4, axis=0))
+        if notes is not None:
+            notes.append(f"{source} is {w}x{h}, 4 times taller than wide: read as 4 views stacked top to bottom "
+                         "(azimuth 0 at the top, then 90, 180, 270)")
     else:
         raise GenerationError(f"{source} is {w}x{h}: expected 4 square views side by side (width = 4 x height)")
     return _on_white(views)
 
 
-def read_views(path) -> np.ndarray:
-    """4 views from an image of 4 side by side (or stacked) or from a folder of 4 images (sorted
-    by name), at azimuths 0, 90, 180, 270. -> float32 [4, H, W, 3] in [0, 1] on white."""
+def check_views(views: np.ndarray, source: str = "the views") -> np.ndarray:
+    """Refuse views that cannot show an object (GenerationError naming ``source``), else return them.
+
+    views: [4, H, W, 3] in [0, 1] on white. Refused: views under ``MIN_VIEW_SIZE`` px (a thumbnail or
+    an icon given by mistake: the smallest preset reads 32 px views), and blank views, where no pixel
+    of any view is foreground by the model's own rule (``core.models.foreground``: some channel
+    below 0.98): there is no object, and the model would turn the white into faint floating Gaussians.
+    """
+    h, w = views.shape[1:3]
+    if min(h, w) < MIN_VIEW_SIZE:
+        raise GenerationError(
+            f"{source}: the views are {w}x{h} px, too small to reconstruct from (at least {MIN_VIEW_SIZE} px "
+            "per view; the models read 32 to 256 px). Is it a thumbnail? Give the full-size views."
+        )
+    from core.models import foreground
+
+    if not bool((foreground(torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2)) > 0).any()):
+        raise GenerationError(
+            f"{source}: all 4 views are blank (white or transparent everywhere: no pixel darker than 0.98), "
+            "so there is no object to reconstruct and nothing was written. Give views of an object on a white "
+            "or transparent background."
+        )
+    return views
+
+
+def read_views(path, notes: Optional[list] = None) -> np.ndarray:
+    """4 views from an image of 4 side by side (or stacked top to bottom) or from a folder of 4 images
+    (sorted by name), at azimuths 0, 90, 180, 270. -> float32 [4, H, W, 3] in [0, 1] on white.
+
+    Refuses (GenerationError / ImageReadError) what is not 4 views, an animation, views under
+    ``MIN_VIEW_SIZE`` px and blank views (:func:`check_views`). ``notes``, when given, receives a line
+    for each thing accepted that the user may not expect (a strip of stacked views).
+    """
     path = Path(path)
     if not path.exists():
         raise GenerationError(f"--views: no such file or folder: {path}")
     if not path.is_dir():
-        return split_views(read_image(path), f"--views image {path}")
+        return check_views(split_views(read_image(path), f"--views image {path}", notes), f"--views {path}")
     files = image_files(path)
     if len(files) != 4:
         raise GenerationError(f"--views folder {path} must hold exactly 4 images, found {len(files)}")
@@ -153,7 +189,7 @@ def read_views(path) -> np.ndarray:
     if len({v.shape[:2] for v in views}) != 1:
         raise GenerationError(f"--views: the 4 images in {path} differ in size")
     views = [v if v.shape[-1] == 4 else np.concatenate([v, np.ones_like(v[..., :1])], -1) for v in views]
-    return _on_white(np.stack(views))
+    return check_views(_on_white(np.stack(views)), f"--views {path}")
 
 
 def _on_white(views: np.ndarray) -> np.ndarray:

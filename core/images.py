@@ -14,6 +14,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
+# Formats whose extra frames are an animation (GIF, APNG, animated WebP): such a file is refused, not
+# read as its first frame. Other multi-frame formats keep their first frame, the image itself: an MPO
+# photo's second frame is a preview or a depth map, a TIFF's further pages are thumbnails or layers.
+ANIMATION_FORMATS = ("GIF", "PNG", "WEBP")
+
 
 class ImageReadError(ValueError):
     """A file that cannot be read as an image; the message names the file and the reason."""
@@ -24,13 +29,21 @@ def read_image(path) -> np.ndarray:
 
     Every common PNG/TIFF/JPEG/WebP flavour is scaled by its own bit depth: 8- and 16-bit,
     grayscale (+ alpha), palette (with its transparency), RGB(A), float. A camera's EXIF
-    orientation is applied. Raises :class:`ImageReadError` for a missing, truncated or non-image file.
+    orientation is applied. Raises :class:`ImageReadError` for a missing, truncated or non-image file,
+    and for an animation (a GIF, APNG or WebP of several frames): which frame is meant is not ours
+    to guess.
     """
     from PIL import Image, ImageOps
 
     path = Path(path)
     try:
         with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1 and im.format in ANIMATION_FORMATS:
+                raise ImageReadError(
+                    f"{path}: an animated {im.format} of {frames} frames, not a still image; save the frame "
+                    "you mean as a PNG and give that"
+                )
             im.load()
             if im.format == "PNG" and _png_bit_depth(path) == 16:
                 return _read_png16(path)

@@ -90,3 +90,23 @@ def test_unreadable_files_raise_an_error_naming_them(tmp_path):
         read_image(tmp_path / "cut.png")
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".gif", "GIF"), (".png", "PNG"), (".webp", "WEBP")])
+def test_animations_are_refused_not_read_as_their_first_frame(tmp_path, suffix, fmt):
+    """GIF, APNG and animated WebP of several frames: which frame is meant is not ours to guess."""
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (40, 200, 120)]
+    frames[0].save(tmp_path / f"anim{suffix}", format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(tmp_path / f"anim{suffix}") as im:
+        assert im.n_frames == 3  # Pillow wrote a real animation
+    with pytest.raises(ImageReadError, match=rf"anim{suffix}: an animated {fmt} of 3 frames.*save the frame"):
+        read_image(tmp_path / f"anim{suffix}")
+    frames[1].save(tmp_path / f"still{suffix}", format=fmt)  # one frame: an ordinary image
+    np.testing.assert_allclose(read_image(tmp_path / f"still{suffix}"), 200 / 255.0, atol=2 / 255)
+
+
+def test_a_multi_page_tiff_keeps_its_first_page(tmp_path):
+    """Other formats' extra frames are not an animation (TIFF pages, an MPO photo's preview)."""
+    pages = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (90, 10)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    np.testing.assert_allclose(read_image(tmp_path / "pages.tif"), 90 / 255.0, atol=1e-6)

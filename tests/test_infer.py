@@ -74,6 +74,11 @@ def run_main(*argv) -> int:
     return infer.main([str(a) for a in argv])
 
 
+def grey_strip(size: int = 32, shades=(0.2, 0.4, 0.6, 0.8)) -> np.ndarray:
+    """4 flat views side by side, one shade each: not blank, any size. [size, 4 size, 3]"""
+    return np.concatenate([np.full((size, size, 3), v, np.float32) for v in shades], axis=1)
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -129,7 +134,7 @@ def test_views_skip_diffusion(assets, tmp_path, offline):
 
 def test_missing_checkpoint_offline_exits_2_without_traceback(tmp_path):
     missing = tmp_path / "nowhere" / "model_fp16_fixrot.safetensors"
-    write_image(tmp_path / "four.png", np.ones((8, 32, 3), np.float32))
+    write_image(tmp_path / "four.png", grey_strip())
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "infer.py"), "--views", str(tmp_path / "four.png"), "--resume", str(missing)],
@@ -186,7 +191,7 @@ def test_collect_jobs_expands_folders_and_keeps_names_unique(tmp_path):
 
 
 def test_read_views_side_by_side_and_folder(tmp_path):
-    views = np.random.default_rng(0).random((4, 16, 16, 3)).astype(np.float32)
+    views = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
     write_image(tmp_path / "row.png", np.concatenate(list(views), axis=1))
     (tmp_path / "four").mkdir()
     for i, v in enumerate(views):
@@ -398,3 +403,102 @@ def test_small_presets_turntable_is_their_own_render_enlarged():
     want = F.interpolate(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 255, size=256, mode="bilinear")
     got = torch.from_numpy(big).permute(0, 3, 1, 2).float() / 255
     assert (got - want).abs().max() < 3 / 255  # the same picture, up to rounding to 8 bits before or after
+
+
+# --------------------------------------------------------------------------- nothing lost or mixed up, round 2
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Loading a model fails the test: refusals must come before any model loads."""
+    import core.generation
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded for an input that should have been refused")
+
+    monkeypatch.setattr(core.generation, "load_lgm", refuse)
+    monkeypatch.setattr(core.generation, "load_mv_pipeline", refuse)
+
+
+def test_blank_views_are_refused_before_any_model_and_nothing_is_written(assets, tmp_path, offline, no_models, capsys):
+    """A blank white strip (and a blank folder of 4 transparent images) is no object: exit 2 before
+    any model loads, a message saying so, no .ply, no .glb, not even the workspace."""
+    write_image(tmp_path / "white.png", np.ones((64, 256, 3), np.float32))
+    (tmp_path / "clear").mkdir()
+    for k in range(4):
+        write_image(tmp_path / "clear" / f"{k}.png", np.zeros((64, 64, 4), np.float32))  # fully transparent
+    for views in (tmp_path / "white.png", tmp_path / "clear"):
+        ws = tmp_path / f"ws_{views.stem}"
+        code = run_main("--views", views, "--mesh", "--preset", PRESET, "--resume", assets["ckpt"], "--workspace", ws)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "blank" in err and "no object to reconstruct" in err and str(views) in err
+        assert "Traceback" not in err and len(err.splitlines()) < 10
+        assert not ws.exists()
+
+
+def test_views_with_an_object_are_not_refused_as_blank(assets, tmp_path, offline):
+    """The blank check does not refuse a real object: a dark disc in each white view."""
+    yy, xx = np.mgrid[:64, :64]
+    view = np.ones((64, 64, 3), np.float32)
+    view[(yy - 32) ** 2 + (xx - 32) ** 2 < 15**2] = (0.7, 0.2, 0.1)
+    write_image(tmp_path / "disc.png", np.concatenate([view] * 4, axis=1))
+    ws = tmp_path / "ws"
+    assert run_main("--views", tmp_path / "disc.png", "--preset", PRESET, "--resume", assets["ckpt"],
+                    "--workspace", ws, "--video-frames", 0) == 0
+    assert (ws / "disc.ply").is_file()
+
+
+def test_repeated_views_make_one_object_each(assets, tmp_path, offline, capsys):
+    """--views a --views b: two objects, each from its own views (none dropped, none mixed up)."""
+    shades = {"a": (0.1, 0.3, 0.5, 0.7), "b": (0.9, 0.6, 0.4, 0.2)}
+    for name, s in shades.items():
+        write_image(tmp_path / f"{name}.png", grey_strip(32, s))
+    ws = tmp_path / "ws"
+    code = run_main("--views", tmp_path / "a.png", "--views", tmp_path / "b.png", "--preset", PRESET,
+                    "--resume", assets["ckpt"], "--workspace", ws, "--video-frames", 0)
+    assert code == 0, capsys.readouterr().err
+    for name, s in shades.items():
+        assert (ws / f"{name}.ply").is_file()
+        np.testing.assert_allclose(read_image(ws / f"{name}_mv.png"), grey_strip(32, s), atol=1 / 255)
+    # a second path after one --views is a positional PATH: refused, with the way to give two
+    code = run_main("--views", tmp_path / "a.png", tmp_path / "b.png", "--preset", PRESET, "--resume", assets["ckpt"],
+                    "--workspace", tmp_path / "ws2")
+    err = capsys.readouterr().err
+    assert code == 2 and "--views a.png --views b.png" in err and "b.png" in err
+
+
+def test_stacked_views_are_read_with_a_note(assets, tmp_path, offline, capsys):
+    """A strip 4 times taller than wide is 4 views stacked top to bottom: read so, and said."""
+    side_by_side = grey_strip(32)
+    stacked = np.concatenate(np.split(side_by_side, 4, axis=1), axis=0)  # [128, 32, 3]
+    write_image(tmp_path / "tall.png", stacked)
+    ws = tmp_path / "ws"
+    code = run_main("--views", tmp_path / "tall.png", "--preset", PRESET, "--resume", assets["ckpt"],
+                    "--workspace", ws, "--video-frames", 0)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "note:" in out and "stacked top to bottom" in out and "tall.png" in out
+    np.testing.assert_allclose(read_image(ws / "tall_mv.png"), side_by_side, atol=1 / 255)
+
+
+def test_tiny_views_are_refused(assets, tmp_path, offline, no_models, capsys):
+    write_image(tmp_path / "icon.png", grey_strip(8))  # 8 px views: a thumbnail, not views to reconstruct
+    code = run_main("--views", tmp_path / "icon.png", "--preset", PRESET, "--resume", assets["ckpt"],
+                    "--workspace", tmp_path / "ws")
+    err = capsys.readouterr().err
+    assert code == 2 and "8x8 px" in err and "at least 32 px" in err and "icon.png" in err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_animated_gif_views_are_refused(assets, tmp_path, offline, no_models, capsys):
+    """An animated GIF is not read as its first frame without a word."""
+    from PIL import Image
+
+    frames = [Image.fromarray((grey_strip(32, (v, 0.5, 0.5, 0.5)) * 255).astype(np.uint8)) for v in (0.1, 0.9)]
+    frames[0].save(tmp_path / "turn.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    code = run_main("--views", tmp_path / "turn.gif", "--preset", PRESET, "--resume", assets["ckpt"],
+                    "--workspace", tmp_path / "ws")
+    err = capsys.readouterr().err
+    assert code == 2 and "animated GIF of 2 frames" in err and "turn.gif" in err
+    assert not (tmp_path / "ws").exists()
