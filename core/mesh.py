@@ -101,21 +101,47 @@ class MeshResult:
     texture: np.ndarray  # [T, T, 3] uint8, row 0 is the top of the image (v = 1)
     info: dict = field(default_factory=dict)  # grid, level, counts, seconds per step
 
-    def vertex_normals(self) -> np.ndarray:
-        """Area-weighted unit normals of the closed surface, per UV vertex. -> [U, 3] float32"""
+    def surface_normals(self) -> np.ndarray:
+        """Area-weighted unit normals of the closed surface, per surface vertex. -> [V, 3] float64"""
         v, f = self.vertices.astype(np.float64), self.faces
         face_n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # [F, 3], |n| = 2 area
         normals = np.zeros_like(v)
         for k in range(3):
             np.add.at(normals, f[:, k], face_n)
-        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-20)
-        return normals[self.uv_vertex].astype(np.float32)
+        return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-20)
 
-    def to_trimesh(self):
+    def vertex_normals(self) -> np.ndarray:
+        """Area-weighted unit normals of the closed surface, per UV vertex. -> [U, 3] float32"""
+        return self.surface_normals()[self.uv_vertex].astype(np.float32)
+
+    def vertex_colours(self) -> np.ndarray:
+        """The texture's colour at each surface vertex: bilinear at the UV of one of its UV copies
+        (copies along a seam show the same surface point). -> [V, 3] uint8"""
+        t = self.texture.astype(np.float64)
+        size_v, size_u = t.shape[:2]
+        first = np.full(len(self.vertices), -1, dtype=np.int64)
+        first[self.uv_vertex[::-1]] = np.arange(len(self.uv_vertex))[::-1]  # the first UV copy of each vertex
+        uv = self.uv[np.maximum(first, 0)].astype(np.float64)
+        x = np.clip(uv[:, 0] * size_u - 0.5, 0, size_u - 1)  # texel centres at (k + 0.5) / size
+        y = np.clip((1.0 - uv[:, 1]) * size_v - 0.5, 0, size_v - 1)  # row 0 is v = 1
+        x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+        x1, y1 = np.minimum(x0 + 1, size_u - 1), np.minimum(y0 + 1, size_v - 1)
+        fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+        rgb = (t[y0, x0] * (1 - fx) + t[y0, x1] * fx) * (1 - fy) + (t[y1, x0] * (1 - fx) + t[y1, x1] * fx) * fy
+        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+    def to_trimesh(self, merge_seams: bool = False):
         """A ``trimesh.Trimesh`` with UV-split vertices, smooth normals and a PBR material whose base
-        colour is the texture (metallic 0, roughness 1)."""
+        colour is the texture (metallic 0, roughness 1). ``merge_seams``: the watertight surface
+        itself, one vertex per point, with smooth normals and colours per vertex (no UV, no texture)."""
         import trimesh
         from PIL import Image
+
+        if merge_seams:
+            return trimesh.Trimesh(
+                vertices=self.vertices, faces=self.faces, vertex_normals=self.surface_normals().astype(np.float32),
+                vertex_colors=self.vertex_colours(), process=False,
+            )  # fmt: skip
 
         material = trimesh.visual.material.PBRMaterial(
             name="gaussians",
@@ -156,7 +182,7 @@ def gaussians_to_mesh(
     Raises MeshError when the input is unusable or holds no surface at that level.
     """
     _check_arguments(resolution, threshold, faces, texture_size, min_component)
-    g = _as_gaussians(gaussians)  # [N, 14] float32
+    g = checked_gaussians(gaussians)  # [N, 14] float32
     steps = ["density", "level", "inside", "marching cubes", "decimate", "uv atlas", "texture"]  # info["seconds"]
     bar = None
     if progress:
@@ -242,20 +268,31 @@ def gaussians_to_mesh(
     )  # fmt: skip
 
 
-def save_mesh(result: MeshResult, path) -> list[Path]:
+def save_mesh(result: MeshResult, path, merge_seams: bool = False) -> list[Path]:
     """Write ``result`` by the suffix of ``path``: ``.glb`` (binary glTF 2.0, texture embedded) or
     ``.obj`` (plus ``<stem>.mtl`` and ``<stem>.png`` beside it). Creates the folder. Returns the
-    files written."""
+    files written.
+
+    The texture's UV atlas splits vertices along its seams, so the file's triangles are watertight
+    only once those are merged (by position). ``merge_seams`` writes the watertight surface itself,
+    one vertex per point, with a colour per vertex instead of the texture (3D printing, tools that
+    check watertightness); an ``.obj`` is then one file (``v x y z r g b``).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".glb", ".obj"):
         raise MeshError(f"{path}: unknown mesh format {path.suffix!r}; use .glb (texture embedded) or .obj")
     path.parent.mkdir(parents=True, exist_ok=True)
-    mesh = result.to_trimesh()
+    mesh = result.to_trimesh(merge_seams=merge_seams)
     if suffix == ".glb":
         mesh.export(str(path), file_type="glb")
         return [path]
     from trimesh.exchange.obj import export_obj
+
+    if merge_seams:
+        text = export_obj(mesh, include_normals=True, include_color=True, include_texture=False)
+        path.write_text(text[0] if isinstance(text, tuple) else text)
+        return [path]
 
     mtl, png = path.with_suffix(".mtl"), path.with_suffix(".png")
     text = export_obj(mesh, include_normals=True, include_texture=True, write_texture=False, mtl_name=mtl.name)
@@ -297,7 +334,7 @@ def _check_arguments(resolution, threshold, faces, texture_size, min_component) 
         raise MeshError("; ".join(problems))
 
 
-def _as_gaussians(gaussians) -> Tensor:
+def checked_gaussians(gaussians) -> Tensor:
     """[N, 14] or [1, N, 14] finite floats -> [N, 14] float32 (same device)."""
     if not isinstance(gaussians, Tensor):
         raise MeshError(f"gaussians must be a torch.Tensor [N, 14], got {type(gaussians).__name__}")

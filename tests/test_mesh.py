@@ -296,6 +296,26 @@ def test_texture_is_stored_in_the_obj_too(shape_mesh, tmp_path):
     assert len(loaded.faces) == len(result.faces)
 
 
+def test_merged_seams_are_watertight_where_the_textured_file_is_not(shape_mesh, tmp_path):
+    """The UV atlas splits vertices along its seams, so the textured .glb is open there for a tool
+    that does not merge them; --merge-seams writes the closed surface itself, coloured per vertex."""
+    shape, result, path = shape_mesh
+    textured = trimesh.load(str(path), force="mesh")  # trimesh merges equal vertices, but not across UVs
+    assert not textured.is_watertight
+    written = M.save_mesh(result, tmp_path / "print.glb", merge_seams=True)
+    assert written == [tmp_path / "print.glb"]
+    merged = trimesh.load(str(tmp_path / "print.glb"), force="mesh", process=False)
+    assert merged.is_watertight and merged.is_winding_consistent and merged.volume > 0
+    assert len(merged.vertices) == len(result.vertices) and len(merged.faces) == len(result.faces)
+    colours = np.asarray(merged.visual.vertex_colors)[:, :3] / 255.0
+    error = np.abs(colours - shape.colour(np.asarray(merged.vertices))).mean()
+    print(f"\n{type(shape).__name__}: mean vertex colour error {255 * error:.2f}/255")
+    assert error <= 12 / 255
+    written = M.save_mesh(result, tmp_path / "print.obj", merge_seams=True)  # one file: no texture
+    assert written == [tmp_path / "print.obj"] and not (tmp_path / "print.png").exists()
+    assert trimesh.load(str(tmp_path / "print.obj"), force="mesh", process=False).is_watertight
+
+
 # ----------------------------------------------------------------------------- exact references
 
 
@@ -585,6 +605,54 @@ def test_cli_process_default_output_name(sphere_ply, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "model.glb").is_file() and "model.glb" in run.stdout
+
+
+def test_cli_merge_seams_writes_a_watertight_mesh(sphere_ply, tmp_path, capsys):
+    args = [sphere_ply, "--resolution", "64", "--faces", "1000", "--texture-size", "64"]
+    code, out, err = _convert([*args, "--output", tmp_path / "print.glb", "--merge-seams"], capsys)
+    assert code == 0, err
+    assert "seams merged (watertight)" in out
+    assert trimesh.load(str(tmp_path / "print.glb"), force="mesh").is_watertight
+
+
+@pytest.fixture
+def no_mesh_work(monkeypatch):
+    """The mesh must not be computed: the output is checked first."""
+    _load_script("convert_mesh")
+
+    def refuse(*a, **k):
+        raise AssertionError("the mesh was computed before the output was checked")
+
+    monkeypatch.setattr(M, "gaussians_to_mesh", refuse)
+
+
+def test_cli_output_under_a_file_exits_2_before_any_work(sphere_ply, tmp_path, capsys, no_mesh_work):
+    """An output path under a file fails for every user, root included."""
+    (tmp_path / "a_file").write_text("")
+    for flag, target in (("--output", tmp_path / "a_file" / "mesh.glb"), ("--info-json", tmp_path / "a_file" / "info.json")):
+        extra = [] if flag == "--output" else ["--output", tmp_path / "ok" / "mesh.glb"]
+        code, _, err = _convert([sphere_ply, flag, target, *extra], capsys)
+        assert code == 2, err
+        assert flag in err and str(target) in err and "is a file" in err
+        assert "Traceback" not in err and len(err.splitlines()) < 10
+
+
+def test_cli_unwritable_folder_exits_2_before_any_work(sphere_ply, tmp_path, capsys, no_mesh_work):
+    import os
+    import stat
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)  # 0o500
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user (root?) may write into a 0o500 folder")
+        code, _, err = _convert([sphere_ply, "--output", locked / "mesh.glb"], capsys)
+    finally:
+        locked.chmod(stat.S_IRWXU)
+    assert code == 2, err
+    assert "--output" in err and str(locked / "mesh.glb") in err and "permission denied" in err
+    assert not (locked / "mesh.glb").exists()
 
 
 # ----------------------------------------------------------------------------- CUDA
