@@ -6,7 +6,9 @@ render its other views, and report PSNR, SSIM and LPIPS per object and on averag
 
 Writes <output>/metrics.json and <output>/metrics.md (and <output>/grids/<uid>.jpg with --grids).
 Each row belongs to its object; objects that cannot be evaluated (an unreadable input view, a
-broken pose) are listed as skipped, never replaced by another object.
+broken pose) are listed as skipped with the cause (e.g. "input view 2 (obj/rgb/002.png): pose
+obj/pose/002.txt: expected 16 finite numbers, found a NaN or infinite number"), never replaced by
+another object.
 The preset is detected from the checkpoint unless --preset is given.
 """
 
@@ -69,6 +71,14 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def skip_reasons(dataset) -> list[dict]:
+    """``dataset.skipped`` as report rows; the folder dataset's reasons already name each unusable
+    input view and its cause (a pose file holding NaN, a missing image, a bad frame). Paths are
+    made relative to the data root."""
+    root = f"{Path(dataset.root)}/"
+    return [{"uid": uid, "reason": why.removeprefix("skipped: ").replace(root, "")} for uid, why in dataset.skipped]
+
+
 def run(args: EvalArgs) -> dict:
     from tqdm import tqdm
 
@@ -109,7 +119,7 @@ def run(args: EvalArgs) -> dict:
     summary = T.summarize(rows)
     summary.update(
         checkpoint=str(args.checkpoint), preset=preset, data_root=str(args.data_root),
-        skipped=[{"uid": uid, "reason": why} for uid, why in dataset.skipped],
+        skipped=skip_reasons(dataset),
     )
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "metrics.md").write_text(markdown_table(summary))

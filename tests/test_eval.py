@@ -75,3 +75,23 @@ def test_unwritable_output_is_a_clear_error(tmp_path, eval_script, micro_checkpo
     assert eval_script.main() == 2
     err = capsys.readouterr().err
     assert "--output" in err and "is a file" in err
+
+
+def test_a_nan_pose_is_the_reason_given_for_its_skipped_object(tmp_path, eval_script, micro_checkpoint):
+    """The skipped list names the cause the dataset's start-up warning knows: the pose file of input
+    view 2 holds NaN (not just "missing or unusable")."""
+    data = tmp_path / "data"
+    for uid in ("obj_a", "obj_b"):
+        write_object(data, uid)
+    (data / "obj_b" / "pose" / "002.txt").write_text(" ".join(["nan"] + ["0"] * 15) + "\n")
+    args = eval_script.EvalArgs(checkpoint=str(micro_checkpoint), data_root=str(data), preset="micro", lpips=False,
+                                output=str(tmp_path / "out"), device="cpu")
+    with pytest.warns(UserWarning, match="002.txt"):
+        summary = eval_script.run(args)
+    assert [r["uid"] for r in summary["objects"]] == ["obj_a"]
+    (skipped,) = summary["skipped"]
+    assert skipped["uid"] == "obj_b"
+    assert "input view 2" in skipped["reason"] and "obj_b/pose/002.txt" in skipped["reason"]
+    assert "NaN" in skipped["reason"]
+    assert "NaN" in (tmp_path / "out" / "metrics.md").read_text()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["skipped"] == summary["skipped"]

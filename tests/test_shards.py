@@ -192,3 +192,40 @@ def test_resume_from_a_checkpoint_continues_with_the_same_batches(tmp_path):
     run_main(args + ["--workspace", str(tmp_path / "res"), "--resume_from", str(tmp_path / "full" / "checkpoints" / "step_2")], tmp_path)
     a, b = losses(tmp_path / "full"), losses(tmp_path / "res")
     assert sorted(b) == [3, 4, 5] and all(a[s] == b[s] for s in (3, 4, 5)), (a, b)
+
+
+def test_converter_counts_the_unreadable_views_it_copies(folder, tmp_path, capsys):
+    """The folder holds a corrupt PNG (obj_2's view 006) and a view without a pose (obj_3's 005): the
+    report and the index count the corrupt file as unreadable and name it; it is still copied as it is."""
+    import importlib.util
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("make_shards_script", ROOT / "scripts" / "make_shards.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = ["cpu", "--dataset", "folder", "--data_root", str(folder), "--num_eval_objects", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dataset's own start-up warning about obj_3
+        assert script.main(["--output", str(tmp_path / "out"), *data]) == 0
+    out = capsys.readouterr().out
+    assert "1 unreadable image file(s) copied as they are" in out, out
+    assert "obj_2/rgb/006.png" in out and "1 view(s) without a usable pose or file stored empty" in out
+    index = json.loads((tmp_path / "out" / "shards.index.json").read_text())
+    assert index["bad_views"] == 1 and index["unusable_views"] == 1 and index["images_checked"] is True
+    assert "obj_2/rgb/006.png" in index["bad_view_examples"][0]
+    uids, copied = [], None
+    for name, _ in index["train"] + index["eval"]:
+        with tarfile.open(tmp_path / "out" / name) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for member, content in files.items():
+            if member.endswith(".meta.json"):
+                uids.append(json.loads(content)["uid"])
+                if uids[-1] == "obj_2":
+                    copied = files[member.replace(".meta.json", ".006.png")]
+    assert sorted(uids) == [f"obj_{i}" for i in range(7)]
+    assert copied == (folder / "obj_2" / "rgb" / "006.png").read_bytes()  # copied byte for byte
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert script.main(["--output", str(tmp_path / "fast"), "--no-check-images", *data]) == 0
+    out = capsys.readouterr().out
+    assert "image contents not checked (--no-check-images)" in out and "unreadable image file(s) copied" not in out

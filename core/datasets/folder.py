@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,10 @@ def scan_objects(root: Path, uids: list[str], opt: Options) -> tuple[list[Object
             report["problems"] += [(str(v.image), v.problem) for v in bad]
             broken_inputs = [i for i in inputs if i >= len(rec.views) or rec.views[i].problem is not None]
             supervision = rec.usable(i for i in range(len(rec.views)) if i not in inputs)
-            if broken_inputs:
-                why = f"input view(s) {broken_inputs} missing or unusable"
+            if broken_inputs:  # each with its cause: a NaN pose, a missing file, a bad frame
+                why = "; ".join(f"input view {i}: the object has only {len(rec.views)} views" if i >= len(rec.views)
+                                else f"input view {i} ({os.path.relpath(rec.views[i].image, root)}): {rec.views[i].problem}"
+                                for i in broken_inputs)
             elif not supervision:
                 why = "no usable supervision view besides the inputs"
             else:

@@ -48,6 +48,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from core.datasets.folder import FolderDataset, FolderDatasetError, ObjectRecord, View
 from core.datasets.gobjaverse import GObject, GobjaverseItems, GView, read_image_bytes
+from core.images import ImageReadError
 from core.options import Options
 
 SHARD_FORMAT = 1
@@ -69,21 +70,51 @@ def _from_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+BAD_VIEW_EXAMPLES = 5  # unreadable views named in the index and the converter's report
+
+
+def new_counts() -> dict:
+    """What :func:`write_shards` counts: ``bad_views`` (image files copied that the readers cannot
+    decode, or that could not be read from disk), ``unusable_views`` (views the source itself cannot
+    use, a bad pose or a missing file: stored empty), ``skipped_objects``, and ``bad_view_examples``
+    (the first few unreadable paths with the reason)."""
+    return {"bad_views": 0, "unusable_views": 0, "skipped_objects": 0, "bad_view_examples": []}
+
+
+def _bad_view(counts: dict, where: str, why: str) -> None:
+    counts["bad_views"] += 1
+    if len(counts["bad_view_examples"]) < BAD_VIEW_EXAMPLES:
+        counts["bad_view_examples"].append(f"{where}: {why}")
+
+
 def _read_or_empty(path: Path, counts: dict) -> bytes:
     """A view file's bytes; b'' (decoded later as unreadable, like the missing file) when it cannot be read."""
     try:
         return path.read_bytes()
-    except OSError:
-        counts["bad_views"] += 1
+    except OSError as e:
+        _bad_view(counts, str(path), f"cannot be read ({e.strerror or type(e).__name__})")
         return b""
 
 
-def object_sample(dataset, index: int, counts: dict) -> Optional[dict]:
+def _check_image(data: bytes, name: str, where: str, counts: dict) -> None:
+    """Count ``data`` as a bad view when the readers of the shards cannot decode it: the decoder the
+    shards' readers use (read_image_bytes), so the count says what training will meet."""
+    if not data:  # already counted as unreadable from disk
+        return
+    try:
+        read_image_bytes(data, name)
+    except Exception as e:  # ImageReadError, and whatever a broken file makes the decoder raise
+        _bad_view(counts, where, str(e).split(": ", 1)[-1] if isinstance(e, ImageReadError) else f"{type(e).__name__}: {e}")
+
+
+def object_sample(dataset, index: int, counts: dict, check_images: bool = True) -> Optional[dict]:
     """Object ``index`` of a folder, G-Objaverse or synthetic dataset (one split) as a shard sample.
 
     Image files are copied byte for byte (unreadable ones stay unreadable, so the shard gives the
     same samples as the source, bad views included); a G-Objaverse object whose files cannot be
-    opened at all is skipped (None) with a warning, as the source would skip it.
+    opened at all is skipped (None) with a warning, as the source would skip it. ``counts`` (see
+    :func:`new_counts`) is updated; with ``check_images`` every copied image is decoded once, so
+    that ``bad_views`` counts the unreadable ones (without, only files that cannot be read from disk).
     """
     from core.datasets.gobjaverse import GobjaverseDataset
     from core.datasets.synthetic import SyntheticDataset, render_object
@@ -97,7 +128,13 @@ def object_sample(dataset, index: int, counts: dict) -> Optional[dict]:
         nan = torch.full((4, 4), float("nan"))
         sample["cams.npy"] = _npy(torch.stack([nan if v.c2w is None else v.c2w for v in rec.views]).numpy().astype(np.float32))
         for name, view in zip(names, rec.views):
-            sample[name] = b"" if view.problem is not None else _read_or_empty(view.image, counts)
+            if view.problem is not None:
+                counts["unusable_views"] += 1
+                sample[name] = b""
+                continue
+            sample[name] = _read_or_empty(view.image, counts)
+            if check_images:
+                _check_image(sample[name], name, str(view.image), counts)
     elif isinstance(dataset, GobjaverseDataset):
         try:
             with dataset.object(index) as obj:
@@ -107,6 +144,9 @@ def object_sample(dataset, index: int, counts: dict) -> Optional[dict]:
             warnings.warn(f"skipping object {dataset.sources[index].uid}: {e}")
             counts["skipped_objects"] += 1
             return None
+        if check_images:
+            for name, data in zip(names, images):
+                _check_image(data, name, f"{obj.uid} view {name}", counts)
         meta.update(source="gobjaverse", uid=obj.uid, images=names, vids=[v.vid for v in obj.views])
         sample["cams.npy"] = _npy(torch.stack([v.c2w for v in obj.views]).numpy().astype(np.float32))
         sample["fovs.npy"] = _npy(np.array([v.fov for v in obj.views], dtype=np.float32))
@@ -124,24 +164,25 @@ def object_sample(dataset, index: int, counts: dict) -> Optional[dict]:
 
 
 def write_shards(train, evals, out_dir, prefix: str = "shards", samples_per_shard: int = 256,
-                 max_shard_bytes: float = 1e9, seed: int = 0, log=print) -> dict:
+                 max_shard_bytes: float = 1e9, seed: int = 0, log=print, check_images: bool = True) -> dict:
     """Write the objects of two splits of a dataset to tar shards and ``<prefix>.index.json``.
 
     Training objects go in a random order (seeded) into ``<prefix>-NNNNNN.tar``, held-out objects
     in order into ``<prefix>-eval-NNNNNN.tar``; a shard is closed at ``samples_per_shard`` objects
-    or ``max_shard_bytes``. Returns the index (also written to disk).
+    or ``max_shard_bytes``. Returns the index (also written to disk), with the counts of
+    :func:`new_counts` and ``images_checked`` (``check_images``: every copied image decoded once).
     """
     import webdataset as wds
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    counts = {"bad_views": 0, "skipped_objects": 0}
+    counts = new_counts()
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
 
     def write(split_name: str, dataset, indices) -> list:
         shards, writer, n, size = [], None, 0, 0
         for index in indices:
-            sample = object_sample(dataset, index, counts)
+            sample = object_sample(dataset, index, counts, check_images)
             if sample is None:
                 continue
             nbytes = sum(len(v) for k, v in sample.items() if not k.startswith("__"))
@@ -167,7 +208,10 @@ def write_shards(train, evals, out_dir, prefix: str = "shards", samples_per_shar
         "train": write("", train, order),
         "eval": write("eval-", evals, list(range(len(evals)))) if evals is not None else [],
         "bad_views": counts["bad_views"],
+        "unusable_views": counts["unusable_views"],
         "skipped_objects": counts["skipped_objects"],
+        "bad_view_examples": counts["bad_view_examples"],
+        "images_checked": bool(check_images),
     }
     (out / f"{prefix}{INDEX_SUFFIX}").write_text(json.dumps(index, indent=1))
     return index
