@@ -45,8 +45,9 @@ from core.images import IMAGE_SUFFIXES, ImageReadError, read_image
 class InferArgs:
     paths: Annotated[Tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="PATH")] = ()
     """Images, or folders of images, to turn into 3D (ImageDream). Not needed with --prompt alone or --views."""
-    preset: str = "big"
-    """LGM preset of the checkpoint (a name in core.options.config_defaults: big, small, tiny, ...)."""
+    preset: Optional[str] = None
+    """LGM preset of the checkpoint (big, small, tiny, cpu, ...). Default: the options stored in weights this
+    project trained, or for the published files the preset their tensor shapes match (big)."""
     resume: str = "pretrained/model_fp16_fixrot.safetensors"
     """LGM weights (.safetensors/.pt); a bare file name is also looked up in pretrained/."""
     prompt: Optional[str] = None
@@ -195,8 +196,8 @@ def run(args: InferArgs) -> int:
         mv_model = args.mv_model or (G.DEFAULT_IMAGEDREAM if kind == "image" else G.DEFAULT_MVDREAM)
         print(f"[infer] multi-view diffusion: {mv_model}")
         pipe = G.load_mv_pipeline(mv_model, kind, device)
-    model = G.load_lgm(args.preset, args.resume, device)
-    print(f"[infer] LGM '{args.preset}' from {model.weights_path} on {device} ({str(G.model_dtype(device)).replace('torch.', '')})")
+    model = G.load_lgm(args.resume, device, args.preset)
+    print(f"[infer] LGM '{model.preset}' from {model.weights_path} on {device} ({str(G.model_dtype(device)).replace('torch.', '')})")
 
     # 3. one object per job
     for k, job in enumerate(jobs, 1):

@@ -12,6 +12,7 @@ checkpoint, weights for inference, evaluation and exports of held-out objects.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 import warnings
@@ -115,7 +116,7 @@ def train(opt) -> int:
     model = LGM(opt)
     if opt.resume:
         report = load_weights(model, opt.resume, strict=False)
-        say(f"[resume] weights from {opt.resume}: {report.summary()}")
+        say(f"[resume] weights from {opt.resume}{describe_resume_weights(opt)}: {report.summary()}")
     if opt.lambda_lpips > 0:
         try:
             _ = model.lpips  # fail now, not at the first step
@@ -302,6 +303,19 @@ def train(opt) -> int:
         )
     accelerator.end_training()
     return 0
+
+
+def describe_resume_weights(opt) -> str:
+    """' (trained as 'cpu', with other model options: ...)' for --resume weights that store their options."""
+    from core.models import META_OPTIONS, META_PRESET, model_options
+    from core.weights import read_metadata
+
+    meta = read_metadata(opt.resume)
+    if META_OPTIONS not in meta:
+        return ""
+    stored, mine = json.loads(meta[META_OPTIONS]), model_options(opt)
+    differ = [f"{k} {v} (now {mine[k]})" for k, v in stored.items() if k in mine and mine[k] != v]
+    return f" (trained as '{meta.get(META_PRESET)}'" + (f", with other model options: {', '.join(differ)})" if differ else ")")
 
 
 @torch.no_grad()

@@ -221,19 +221,20 @@ def model_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def load_lgm(preset: str, weights, device: torch.device):
-    """The LGM model of ``preset`` with ``weights`` (a path, or a published file name fetched into
-    the Hugging Face cache), in eval mode on ``device``. Raises GenerationError / WeightsError."""
-    from core.models import LGM
-    from core.options import config_defaults
+def load_lgm(weights, device: torch.device, preset: Optional[str] = None):
+    """The LGM model of ``weights`` (a path, or a published file name fetched into the Hugging Face
+    cache), in eval mode on ``device``. Its options come from the weights themselves (what this
+    project's training writes), else from ``preset`` or, for the published files, from their
+    tensor shapes (:func:`core.models.options_for_weights`). ``model.preset`` names it.
+    Raises WeightsError."""
+    from core.models import LGM, options_for_weights
     from core.weights import fetch_published_weights, load_weights
 
-    if preset not in config_defaults:
-        raise GenerationError(f"unknown preset '{preset}'; choose one of {', '.join(config_defaults)}")
     path = fetch_published_weights(weights)
-    model = LGM(config_defaults[preset])
-    load_weights(model, path, strict=True, preset=preset)
-    model.weights_path = path
+    opt, name = options_for_weights(path, preset)
+    model = LGM(opt)
+    load_weights(model, path, strict=True, preset=name)
+    model.weights_path, model.preset = path, name
     return model.to(device=device, dtype=model_dtype(device)).eval()
 
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.runtime import at_least_fp32
-from core.weights import PRETRAINED_DIR, WeightsNotFoundError, download_blocker
+from core import hub
+from core.weights import WeightsNotFoundError
 
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_HOST = "download.pytorch.org"
@@ -64,25 +65,22 @@ class LPIPSUnavailableError(WeightsNotFoundError):
 
 
 def _find_vgg16() -> Path | None:
-    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
-    for d in (PRETRAINED_DIR, hub):
-        if (d / VGG16_FILE).is_file():
-            return d / VGG16_FILE
-    return None
+    torch_hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    return hub.find_pretrained(VGG16_FILE, also_in=[torch_hub])
 
 
 def _load_vgg16_state() -> dict:
     path = _find_vgg16()
     if path is not None:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    blocked = download_blocker(VGG16_HOST)
+    blocked = hub.download_blocker(VGG16_HOST)
     try:
         if blocked:
             raise ConnectionError(blocked)
         return torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=True)
     except Exception as e:
         raise LPIPSUnavailableError(
-            f"LPIPS needs the VGG16 backbone '{VGG16_FILE}' (528 MB), which is not in {PRETRAINED_DIR}/ "
+            f"LPIPS needs the VGG16 backbone '{VGG16_FILE}' (528 MB), which is not in {hub.PRETRAINED_DIR}/ "
             f"or the torch hub cache and could not be downloaded ({blocked or type(e).__name__}).\n"
             f"Fetch it with `python scripts/download_weights.py --only vgg`, or turn LPIPS off "
             f"(--lambda_lpips 0 for training)."

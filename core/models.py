@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Optional
 
@@ -286,6 +287,11 @@ class LGM(nn.Module):
         x = x.reshape(B, V, 14, s, s).permute(0, 1, 3, 4, 2).reshape(B, V * s * s, 14)  # [B, N, 14]
         return activate_gaussians(at_least_fp32(x))
 
+    @staticmethod
+    def identify_preset(shapes: dict) -> Optional[str]:
+        """The preset of a weight file's ``shapes`` (core.weights asks the model it loads into)."""
+        return identify_preset(shapes)
+
     # ------------------------------------------------------------------ training
     @property
     def lpips(self) -> nn.Module:
@@ -347,3 +353,81 @@ def state_dict_shapes(opt: Options) -> dict[str, tuple]:
         model.unet = build_unet(opt)
         model.conv = build_head(opt)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------- presets and the weights' own options
+MODEL_OPTIONS = (
+    "input_size", "down_channels", "down_attention", "mid_attention", "up_channels", "up_attention",
+    "attention_heads", "layers_per_block", "splat_size", "output_size", "gaussian_head", "pixel_offset",
+    "pixel_visual_hull", "pixel_hull_range", "pixel_hull_samples", "pixel_hull_input", "fovy", "znear", "zfar",
+    "cam_radius", "num_input_views",
+)
+"""The options that shape a model or what it predicts (its tensors, its head, its cameras): what
+weights written by this project carry, so that they load without naming a preset."""
+META_PRESET, META_OPTIONS = "lgm.preset", "lgm.options"  # safetensors metadata keys
+
+
+def identify_preset(shapes: dict) -> Optional[str]:
+    """The preset whose parameter names and shapes equal ``shapes`` ({name: tensor or shape}), or None."""
+    from core.options import config_defaults
+
+    shapes = {k: tuple(v.shape) if isinstance(v, Tensor) else tuple(v) for k, v in shapes.items()}
+    return next((name for name, opt in config_defaults.items() if state_dict_shapes(opt) == shapes), None)
+
+
+def preset_name(opt: Options) -> Optional[str]:
+    """The preset ``opt`` is, judged by its :data:`MODEL_OPTIONS` (training fields may differ), or None."""
+    from core.options import config_defaults
+
+    mine = model_options(opt)
+    return next((name for name, p in config_defaults.items() if model_options(p) == mine), None)
+
+
+def model_options(opt: Options) -> dict:
+    """{field: value} of the :data:`MODEL_OPTIONS` of ``opt`` (tuples as lists: JSON-ready)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(opt, k)) for k in MODEL_OPTIONS)}
+
+
+def weights_metadata(opt: Options) -> dict[str, str]:
+    """The safetensors metadata that lets weights of ``opt``'s model load without a preset name."""
+    return {META_PRESET: preset_name(opt) or "custom", META_OPTIONS: json.dumps(model_options(opt))}
+
+
+def options_for_weights(path, preset: Optional[str] = None) -> tuple[Options, str]:
+    """The options to build the model of the weights at ``path``, and a name for it.
+
+    Weights written by this project's training carry their options (:func:`weights_metadata`):
+    they are used, and a ``preset`` that builds another model is an error (a matching one is
+    fine). Files without them (the published LGM checkpoints) take ``preset``, or else the preset
+    whose tensor shapes they have. Raises :class:`core.weights.WeightsMismatchError`.
+    """
+    from core.options import config_defaults, replace
+    from core.weights import WeightsMismatchError, read_metadata, read_shapes, read_state_dict
+
+    if preset is not None and preset not in config_defaults:
+        raise WeightsMismatchError(f"unknown preset '{preset}'; choose one of {', '.join(config_defaults)}")
+    meta = read_metadata(path)
+    if META_OPTIONS not in meta:  # the published files
+        if preset is not None:
+            return config_defaults[preset], preset
+        shapes = read_shapes(path) if str(path).endswith(".safetensors") else read_state_dict(path)
+        found = identify_preset(shapes)
+        if found is None:
+            raise WeightsMismatchError(
+                f"{path} does not say which model it is (no options stored in it) and its tensor shapes match no "
+                f"preset ({', '.join(config_defaults)}): pass --preset with the options it was trained with."
+            )
+        return config_defaults[found], found
+    name = meta.get(META_PRESET, "custom")
+    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta[META_OPTIONS]).items() if k in MODEL_OPTIONS}
+    opt = replace(config_defaults.get(name, Options()), **stored)
+    if preset is not None:
+        wanted = model_options(config_defaults[preset])
+        differ = [f"{k} {v} (preset: {wanted[k]})" for k, v in model_options(opt).items() if wanted[k] != v]
+        if differ:
+            raise WeightsMismatchError(
+                f"--preset {preset} does not build the model of {path}, which was trained as '{name}' and stores its "
+                f"options: {', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''}.\n"
+                f"Leave --preset out: the weights say which model they need."
+            )
+    return opt, name

@@ -20,7 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from core.weights import PRETRAINED_DIR, WeightsError, WeightsNotFoundError, download_blocker
+from core import hub
+from core.weights import WeightsError, WeightsNotFoundError
 
 DEFAULT_REMBG_MODEL = "u2net"
 REMBG_HOST = "github.com"  # rembg downloads its models from its GitHub releases
@@ -89,7 +90,7 @@ class BackgroundRemover:
 
     def __init__(self, model_name: str = DEFAULT_REMBG_MODEL, pretrained_dir=None):
         self.model_name = model_name
-        self.pretrained_dir = Path(pretrained_dir if pretrained_dir is not None else PRETRAINED_DIR)
+        self.pretrained_dir = Path(pretrained_dir if pretrained_dir is not None else hub.PRETRAINED_DIR)
         self._session = None
 
     def local_model_file(self) -> Optional[Path]:
@@ -110,7 +111,7 @@ class BackgroundRemover:
 
         _rembg_session_class(self.model_name)  # unknown names fail before any download
         local = self.local_model_file()
-        blocked = download_blocker(REMBG_HOST) if local is None else None
+        blocked = hub.download_blocker(REMBG_HOST) if local is None else None
         if blocked:
             raise WeightsNotFoundError(self._missing(f"It was not downloaded: {blocked}."))
         try:

@@ -386,14 +386,19 @@ def truncate_logs(workspace, step: int) -> None:
 
 
 def export_weights(model: nn.Module, ema: Optional[EMA], workspace) -> None:
-    """``model.safetensors`` (and ``model_ema.safetensors``) for inference, written atomically."""
+    """``model.safetensors`` (and ``model_ema.safetensors``) for inference, written atomically,
+    with the options that build the model in their metadata (:func:`core.models.weights_metadata`):
+    ``infer.py --resume workspace/model.safetensors`` needs no ``--preset``."""
+    from core.models import weights_metadata
+
+    metadata = weights_metadata(model.opt)
     ws = Path(workspace)
     ws.mkdir(parents=True, exist_ok=True)
     tensors = {"model.safetensors": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
     if ema is not None:
         tensors["model_ema.safetensors"] = {k: v.cpu().contiguous() for k, v in ema.shadow.items()}
     for name, sd in tensors.items():
-        write_atomically(ws / name, lambda tmp: save_file(sd, str(tmp)))
+        write_atomically(ws / name, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
 
 
 class StopRequest:

@@ -1,9 +1,13 @@
 """Reading and loading weight files: the one place that touches checkpoints on disk.
 
-- ``.safetensors`` (any dtype, e.g. the published fp16 files) are read with safetensors;
+- ``.safetensors`` (any dtype, e.g. the published fp16 files) are read with safetensors, their
+  metadata (the options our training stores, :func:`read_metadata`) without the tensors;
 - ``.pt`` / ``.pth`` / ``.bin`` only with ``torch.load(weights_only=True)`` (no pickled code);
-- strict loading reports which preset a mismatching checkpoint seems to be;
+- strict loading reports which preset a mismatching checkpoint seems to be (the model it loads
+  into says, through its ``identify_preset``: this module knows no model);
 - tolerant loading copies every tensor whose name and shape match and lists the rest.
+
+Where files are looked up and whether they may be downloaded: :mod:`core.hub`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PRETRAINED_DIR = REPO_ROOT / "pretrained"
+from core import hub
 
 # where each published file comes from: used in error messages and by scripts/download_weights.py
 DOWNLOAD_HINTS = {
@@ -24,51 +27,6 @@ DOWNLOAD_HINTS = {
     "model_fp16.safetensors": "python scripts/download_weights.py --only lgm",
     "model.safetensors": "python scripts/download_weights.py --only lgm",
 }
-
-
-def offline() -> bool:
-    """True when downloads must not be tried (LGM_OFFLINE=1 or HF_HUB_OFFLINE=1; tests set it)."""
-    import os
-
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("LGM_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-HF_HOST = "huggingface.co"
-_reachable: dict[str, bool] = {}  # host -> reachable, probed once per process
-
-
-def _probe(host: str, timeout: float, port: int = 443) -> bool:
-    """Can a TCP connection to ``host``:``port`` be opened within ``timeout`` seconds (DNS included)?"""
-    import socket
-    import threading
-
-    result = []
-
-    def connect():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    worker = threading.Thread(target=connect, daemon=True)  # a hanging DNS lookup cannot block us
-    worker.start()
-    worker.join(timeout)
-    return bool(result and result[0])
-
-
-def download_blocker(host: str, timeout: float = 3.0) -> Optional[str]:
-    """Why nothing can be downloaded from ``host`` now, or None when it can.
-
-    Offline mode (``LGM_OFFLINE`` / ``HF_HUB_OFFLINE``) blocks every host; otherwise the host is
-    probed once per process (at most ``timeout`` seconds), so code without network fails in
-    moments instead of waiting through a download library's retries.
-    """
-    if offline():
-        return "offline mode is set (LGM_OFFLINE / HF_HUB_OFFLINE)"
-    if host not in _reachable:
-        _reachable[host] = _probe(host, timeout)
-    return None if _reachable[host] else f"{host} cannot be reached (no network?)"
 
 
 class WeightsError(RuntimeError):
@@ -112,15 +70,16 @@ class LoadReport:
 def resolve_weights(path) -> Path:
     """The path of an existing weight file: as given, or by name inside ``pretrained/``."""
     p = Path(path).expanduser()
-    candidates = [p] if p.is_absolute() else [p, PRETRAINED_DIR / p.name]
-    for c in candidates:
-        if c.is_file():
-            return c
+    if p.is_file():
+        return p
+    found = None if p.is_absolute() else hub.find_pretrained(p.name)
+    if found is not None:
+        return found
     hint = DOWNLOAD_HINTS.get(p.name)
     how = f"Fetch it with `{hint}`" if hint else "Check the path"
     raise WeightsNotFoundError(
         f"Weight file not found: {p}\n{how}, or point to another file (e.g. --resume PATH).\n"
-        f"Published LGM weights live in {PRETRAINED_DIR}/ (see pretrained/README.md)."
+        f"Published LGM weights live in {hub.PRETRAINED_DIR}/ (see pretrained/README.md)."
     )
 
 
@@ -140,7 +99,7 @@ def fetch_published_weights(path) -> Path:
             raise
         from huggingface_hub import hf_hub_download
 
-        blocked = download_blocker(HF_HOST)
+        blocked = hub.download_blocker(hub.HF_HOST)
         try:
             if blocked is None:
                 print(f"[weights] {path} not found: fetching {name} from the Hugging Face hub ({LGM_HUB_REPO})")
@@ -191,18 +150,6 @@ def compare_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> LoadReport:
     return report
 
 
-def guess_preset(sd: dict) -> Optional[str]:
-    """The LGM preset whose parameter names and shapes equal those of ``sd`` (tensors or shapes)."""
-    from core.models import state_dict_shapes
-    from core.options import config_defaults
-
-    shapes = {k: tuple(v.shape) if isinstance(v, Tensor) else tuple(v) for k, v in sd.items()}
-    for name, opt in config_defaults.items():
-        if state_dict_shapes(opt) == shapes:
-            return name
-    return None
-
-
 def read_shapes(path) -> dict[str, tuple]:
     """Tensor names and shapes of a .safetensors file, without reading the tensors."""
     from safetensors import safe_open
@@ -215,8 +162,23 @@ def read_shapes(path) -> dict[str, tuple]:
         raise WeightsError(f"Could not read {p}: {type(e).__name__}: {e}") from e
 
 
-def _mismatch_error(report: "LoadReport", shapes: dict, where: str, want: str, advice: str) -> WeightsMismatchError:
-    seems = guess_preset(shapes)
+def read_metadata(path) -> dict[str, str]:
+    """The string metadata of a .safetensors file's header ({} for other files, or none stored)."""
+    p = resolve_weights(path)
+    if p.suffix.lower() != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise WeightsError(f"Could not read {p}: {type(e).__name__}: {e}") from e
+
+
+def _mismatch_error(model: nn.Module, report: "LoadReport", shapes: dict, where: str, want: str, advice: str) -> WeightsMismatchError:
+    identify = getattr(model, "identify_preset", None)  # the model knows its presets; this module does not
+    seems = identify(shapes) if identify is not None else None
     seems_txt = f"it looks like preset '{seems}'" if seems else "it matches no known preset"
     return WeightsMismatchError(
         f"{where} does not fit the model{want}: {seems_txt}.\n"
@@ -232,7 +194,7 @@ def check_shapes(model: nn.Module, path, what: str) -> None:
     shapes = read_shapes(path)
     report = compare_state_dict(model, {k: torch.empty(s, device="meta") for k, s in shapes.items()})
     if not report.complete:
-        raise _mismatch_error(report, shapes, what, "", " with the same options it was trained with.")
+        raise _mismatch_error(model, report, shapes, what, "", " with the same options it was trained with.")
 
 
 def load_weights(model: nn.Module, path, strict: bool = True, preset: Optional[str] = None) -> LoadReport:
@@ -246,7 +208,7 @@ def load_weights(model: nn.Module, path, strict: bool = True, preset: Optional[s
     report = compare_state_dict(model, sd)
     if strict and not report.complete:
         want = f" for preset '{preset}'" if preset else ""
-        raise _mismatch_error(report, sd, f"Checkpoint {p}", want, ", or load tolerantly (training: --resume copies matching tensors only).")
+        raise _mismatch_error(model, report, sd, f"Checkpoint {p}", want, ", or load tolerantly (training: --resume copies matching tensors only).")
     own = model.state_dict()
     with torch.no_grad():
         for name in report.loaded:

@@ -63,8 +63,9 @@ EXAMPLE_PROMPTS = ("a red sphere on a blue box", "a wooden chair", "a green cera
 
 @dataclass
 class AppArgs:
-    preset: str = "big"
-    """LGM preset of the checkpoint (a name in core.options.config_defaults: big, small, tiny, cpu, ...)."""
+    preset: Optional[str] = None
+    """LGM preset of the checkpoint (big, small, tiny, cpu, ...). Default: the options stored in weights this
+    project trained, or for the published files the preset their tensor shapes match (big)."""
     resume: str = "pretrained/model_fp16_fixrot.safetensors"
     """LGM weights (.safetensors/.pt); a bare file name is also looked up in pretrained/."""
     imagedream: str = G.DEFAULT_IMAGEDREAM
@@ -119,8 +120,8 @@ def load_models(args: AppArgs, device) -> Models:
         if mode not in args.modes:
             models.notes[mode] = f"Not offered: start the app with `--modes {' '.join(dict.fromkeys([*args.modes, mode]))}`."
     try:
-        models.lgm = G.load_lgm(args.preset, args.resume, device)
-        print(f"[app] LGM '{args.preset}' from {models.lgm.weights_path} on {device}")
+        models.lgm = G.load_lgm(args.resume, device, args.preset)
+        print(f"[app] LGM '{models.lgm.preset}' from {models.lgm.weights_path} on {device}")
     except WeightsNotFoundError as e:
         for mode in args.modes:
             models.notes[mode] = f"The LGM weights are missing. {e}"
@@ -365,7 +366,7 @@ def number_input(component):
 
 def build_demo(args: AppArgs, models: Models, workspace: Path, examples: dict) -> gr.Blocks:
     app = App(args, models, workspace)
-    about = f"LGM preset `{args.preset}`" + (f" on {models.lgm.conv.weight.device}" if models.lgm is not None else "")
+    about = f"LGM `{models.lgm.preset}` on {models.lgm.conv.weight.device}" if models.lgm is not None else "LGM: not loaded"
     with gr.Blocks(title="3D Gaussians from an image, a prompt or 4 views", analytics_enabled=False,
                    delete_cache=(3600, 86400)) as demo:
         gr.Markdown("## 3D Gaussians from an image, a prompt or 4 views\n"
@@ -465,7 +466,7 @@ def main(argv=None) -> int:
 
     args = tyro.cli(AppArgs, args=argv, description=__doc__.split("\n\n")[0])
     try:
-        if args.preset not in config_defaults:
+        if args.preset is not None and args.preset not in config_defaults:
             raise GenerationError(f"unknown preset '{args.preset}'; choose one of {', '.join(config_defaults)}")
         if not args.modes:
             raise GenerationError("--modes needs at least one of image, text, views")
@@ -480,7 +481,7 @@ def main(argv=None) -> int:
         off = nothing_to_serve(args, models)
         if off:
             raise GenerationError(off)
-        examples = make_examples(workspace / "examples", config_defaults[args.preset])
+        examples = make_examples(workspace / "examples", models.lgm.opt if models.lgm is not None else config_defaults["big"])
         demo = build_demo(args, models, workspace, examples)
     except (WeightsError, GenerationError, ImageReadError, OutputError) as e:
         bar = "-" * 78

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from core.metrics import VGG16_HOST  # noqa: E402
 from core.preprocess import REMBG_HOST  # noqa: E402
-from core.weights import HF_HOST, LGM_HUB_FILES, LGM_HUB_REPO, download_blocker  # noqa: E402
+from core.hub import HF_HOST, download_blocker  # noqa: E402
+from core.weights import LGM_HUB_FILES, LGM_HUB_REPO  # noqa: E402
 
 LGM_FILE = LGM_HUB_FILES[0]
 DIFFUSERS_REPOS = {

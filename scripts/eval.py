@@ -9,7 +9,8 @@ Each row belongs to its object; objects that cannot be evaluated (an unreadable 
 broken pose) are listed as skipped with the cause (e.g. "input view 2 (obj/rgb/002.png): pose
 obj/pose/002.txt: expected 16 finite numbers, found a NaN or infinite number"), never replaced by
 another object.
-The preset is detected from the checkpoint unless --preset is given.
+The model's options come from the checkpoint (training stores them), or for the published files from
+the preset their tensor shapes match, unless --preset is given.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class EvalArgs:
     data_root: str
     """Folder dataset root (<uid>/rgb + <uid>/pose, or <uid>/transforms.json)."""
     preset: Optional[str] = None
-    """Model preset (default: detected from the checkpoint's tensor shapes)."""
+    """Model preset (default: the options stored in the checkpoint, or for the published files the preset their
+    tensor shapes match)."""
     data_list: Optional[str] = None
     """Text file of uids to evaluate (default: uids.txt in data_root, else every sub-folder)."""
     input_view_ids: Optional[Tuple[int, ...]] = None
@@ -85,24 +87,21 @@ def run(args: EvalArgs) -> dict:
     from core import training as T
     from core.datasets.folder import FolderDataset
     from core.images import image_grid, write_image
-    from core.models import LGM
-    from core.options import config_defaults, replace
+    from core.models import LGM, options_for_weights
+    from core.options import replace
     from core.outputs import prepare_output_dir
-    from core.weights import WeightsError, guess_preset, load_weights, read_state_dict
+    from core.weights import load_weights, resolve_weights
 
-    preset = args.preset or guess_preset(read_state_dict(args.checkpoint))
-    if preset is None:
-        raise WeightsError(f"{args.checkpoint} matches no preset's tensor shapes; pass --preset")
-    if preset not in config_defaults:
-        raise WeightsError(f"unknown preset {preset!r}; one of {', '.join(config_defaults)}")
+    checkpoint = resolve_weights(args.checkpoint)
+    model_opt, preset = options_for_weights(checkpoint, args.preset)
     opt = replace(
-        config_defaults[preset], dataset="folder", data_root=args.data_root, data_list=args.data_list,
+        model_opt, dataset="folder", data_root=args.data_root, data_list=args.data_list,
         input_view_ids=args.input_view_ids, renderer="auto",
     )
     out_dir = prepare_output_dir(args.output, "--output")
     dataset = FolderDataset(opt, "all", all_views=True)  # objects whose inputs cannot be read: dataset.skipped
     model = LGM(opt).to(args.device).eval()
-    load_weights(model, args.checkpoint, strict=True, preset=preset)
+    load_weights(model, checkpoint, strict=True, preset=preset)
     lpips_net = T.try_build_lpips(args.device) if args.lpips else None
 
     rows = []

@@ -160,7 +160,7 @@ def test_missing_imagedream_offline_exits_2(assets, tmp_path, offline, capsys):
 def test_missing_rembg_model_offline_exits_2(assets, tmp_path, offline, capsys, monkeypatch):
     import core.preprocess
 
-    monkeypatch.setattr(core.preprocess, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr(core.preprocess.hub, "PRETRAINED_DIR", tmp_path / "pretrained")
     write_image(tmp_path / "photo.jpg", np.full((32, 32, 3), 0.5, np.float32))  # no alpha: needs rembg
     code = run_main(
         tmp_path / "photo.jpg", "--preset", PRESET, "--resume", assets["ckpt"], "--mv-model", assets["imagedream"],

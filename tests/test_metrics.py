@@ -48,7 +48,7 @@ def test_lpips_distance_resizes_and_rescales():
 def test_lpips_backbone_missing_offline_is_a_clear_error(monkeypatch, tmp_path):
     import core.metrics as m
 
-    monkeypatch.setattr(m, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(m.hub, "PRETRAINED_DIR", tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(LPIPSUnavailableError, match="download_weights.py --only vgg"):
         build_lpips(pretrained_backbone=True)
@@ -61,7 +61,7 @@ def test_lpips_loads_a_local_vgg16_backbone(monkeypatch, tmp_path):
 
     features = torchvision.models.vgg16().features  # random weights standing in for the real file
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp_path / m.VGG16_FILE)
-    monkeypatch.setattr(m, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(m.hub, "PRETRAINED_DIR", tmp_path)
     net = build_lpips(pretrained_backbone=True)
     assert torch.equal(getattr(net.net.slice1, "0").weight, features[0].weight)
     assert torch.equal(getattr(net.net.slice5, "28").bias, features[28].bias)

@@ -1,5 +1,5 @@
 """Without network, code that would download fails at once with its clear message: the network is
-probed once per host (core.weights.download_blocker), and no download library is asked to retry."""
+probed once per host (core.hub.download_blocker), and no download library is asked to retry."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+import core.hub as H
 import core.weights as W
 
 
@@ -22,8 +23,8 @@ def no_network(monkeypatch):
         probes.append(host)
         return False
 
-    monkeypatch.setattr(W, "_probe", probe)
-    monkeypatch.setattr(W, "_reachable", {})
+    monkeypatch.setattr(H, "_probe", probe)
+    monkeypatch.setattr(H, "_reachable", {})
     return probes
 
 
@@ -33,15 +34,15 @@ def test_probe_tells_an_open_port_from_a_closed_one():
     server.listen(1)
     port = server.getsockname()[1]
     threading.Thread(target=lambda: server.accept(), daemon=True).start()
-    assert W._probe("127.0.0.1", 2.0, port=port)
+    assert H._probe("127.0.0.1", 2.0, port=port)
     server.close()
-    assert not W._probe("127.0.0.1", 2.0, port=port)
+    assert not H._probe("127.0.0.1", 2.0, port=port)
 
 
 def test_each_host_is_probed_once(no_network):
-    assert "cannot be reached" in W.download_blocker("huggingface.co")
-    assert "cannot be reached" in W.download_blocker("huggingface.co")
-    assert W.download_blocker("github.com") is not None
+    assert "cannot be reached" in H.download_blocker("huggingface.co")
+    assert "cannot be reached" in H.download_blocker("huggingface.co")
+    assert H.download_blocker("github.com") is not None
     assert no_network == ["huggingface.co", "github.com"]
 
 
@@ -65,7 +66,7 @@ def test_vgg_backbone_is_not_downloaded(no_network, monkeypatch, tmp_path):
 
     import core.metrics
 
-    monkeypatch.setattr(core.metrics, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(core.metrics.hub, "PRETRAINED_DIR", tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download VGG16"))
     with pytest.raises(core.metrics.LPIPSUnavailableError, match="download.pytorch.org cannot be reached"):
@@ -91,7 +92,7 @@ def test_download_script_fails_fast_without_network(no_network, monkeypatch, cap
     script = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(__import__("sys").modules, "download_weights", script)  # dataclasses look it up
     spec.loader.exec_module(script)
-    monkeypatch.setattr(script, "download_blocker", W.download_blocker)
+    monkeypatch.setattr(script, "download_blocker", H.download_blocker)
     for name in ("fetch_lgm", "fetch_diffusers", "fetch_rembg", "fetch_vgg"):
         monkeypatch.setattr(script, name, lambda *a, **k: pytest.fail("tried to download"))
     assert script.main(["--only", "lgm", "vgg", "--out", str(ROOT / "pretrained")]) == 1

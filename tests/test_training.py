@@ -299,3 +299,43 @@ def test_exported_input_views_feed_infer(tmp_path, monkeypatch):
     assert exported.shape == again.shape
     assert (exported[:, :3] - again[:, :3]).abs().mean() < 0.02
     assert (exported[:, 11:] - again[:, 11:]).abs().mean() < 0.02
+
+
+def test_trained_weights_carry_their_options(tmp_path, capsys):
+    """model.safetensors stores the options that build its model: infer.py and eval.py load it
+    without --preset (the micro model here is no preset at all), a --preset that builds another
+    model is a clear error, and files without stored options (the published ones) are still
+    recognised by their tensor shapes."""
+    import infer
+    from core.models import LGM, identify_preset, options_for_weights, state_dict_shapes
+    from core.options import config_defaults
+    from core.weights import WeightsMismatchError, read_metadata
+
+    ws = tmp_path / "ws"
+    run_main(["--workspace", str(ws), "--max_steps", "1", "--export_objects", "1", "--video_frames", "4"], tmp_path)
+    meta = read_metadata(ws / "model.safetensors")
+    assert meta["lgm.preset"] == "custom" and json.loads(meta["lgm.options"])["input_size"] == 32
+    views = next((ws / "export").glob("*_mv.png"))
+    assert infer.main(["--views", str(views), "--resume", str(ws / "model.safetensors"), "--workspace", str(tmp_path / "inf"),
+                       "--video-frames", "0"]) == 0
+    assert "LGM 'custom'" in capsys.readouterr().out
+    assert infer.main(["--views", str(views), "--preset", "cpu", "--resume", str(ws / "model.safetensors"),
+                       "--workspace", str(tmp_path / "inf2"), "--video-frames", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--preset cpu does not build the model of" in err and "input_size 32 (preset: 32)" not in err
+    assert "down_channels [32, 64] (preset: [32, 64, 128])" in err and "Leave --preset out" in err
+
+    # a file with no stored options: the preset its tensor shapes match (as the published 'big' files)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in LGM(config_defaults["cpu"]).state_dict().items()}, str(plain))
+    opt, name = options_for_weights(plain)
+    assert name == "cpu" and opt == config_defaults["cpu"]
+    assert identify_preset(state_dict_shapes(config_defaults["big"])) == "big"
+    try:
+        options_for_weights(ws / "model.safetensors", preset="tiny")
+    except WeightsMismatchError as e:
+        assert "trained as 'custom'" in str(e)
+    else:
+        raise AssertionError("a conflicting preset was accepted")

@@ -145,7 +145,7 @@ def resolve_pipeline_folder(name_or_path: Union[str, os.PathLike], local_files_o
     ``.../mvdream-sd2.1-diffusers`` falls back to its published hub repo; anything shaped
     ``owner/name`` that is not a folder is a hub id. Hub repos come from the HF cache, downloaded
     unless offline (``HF_HUB_OFFLINE=1`` / ``LGM_OFFLINE=1``, ``local_files_only``, or the hub
-    unreachable: see :func:`core.weights.download_blocker`). Raises
+    unreachable: see :func:`core.hub.download_blocker`). Raises
     ``core.weights.WeightsNotFoundError`` naming the folder and the download command.
     """
     path = Path(name_or_path).expanduser()
@@ -160,7 +160,7 @@ def resolve_pipeline_folder(name_or_path: Union[str, os.PathLike], local_files_o
         raise _weights_error(_missing_message(str(name_or_path)))
     blocked = None
     if local_files_only is None:
-        from core.weights import HF_HOST, download_blocker
+        from core.hub import HF_HOST, download_blocker
 
         blocked = download_blocker(HF_HOST)
         local_files_only = blocked is not None
