@@ -1,6 +1,6 @@
 """Cameras: the one place for orbit poses, axis conventions, projection, and ray embeddings.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/design.md):
 - World: right-handed, y up. Camera-to-world (c2w) poses are stored in the OpenGL convention
   (camera x right, y up, looking along -z).
 - The renderer takes the 3DGS triple: poses converted to OpenCV axes (x right, y down, looking

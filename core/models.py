@@ -38,7 +38,7 @@ def head_channels(opt: Options) -> int:
 
 
 def activate_gaussians(x: Tensor) -> Tensor:
-    """Raw head output -> the 14 activated Gaussian parameters of DESIGN.md. [..., 14] -> [..., 14]"""
+    """Raw head output -> the 14 activated Gaussian parameters of docs/design.md. [..., 14] -> [..., 14]"""
     pos = x[..., 0:3].clamp(-1, 1)
     opacity = torch.sigmoid(x[..., 3:4])
     scale = 0.1 * F.softplus(x[..., 4:7])
@@ -311,7 +311,7 @@ class LGM(nn.Module):
     def forward(self, data: dict, step_ratio: float = 1.0) -> dict:
         """One supervised pass: predict Gaussians from ``data['input']``, render every view.
 
-        data: the batched dataset dict (DESIGN.md). step_ratio (fraction of training done) is
+        data: the batched dataset dict (docs/design.md). step_ratio (fraction of training done) is
         accepted for schedules and unused by the published losses. Images in ``images_output``
         are already composited on white.
         """

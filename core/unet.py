@@ -3,7 +3,7 @@
 Four views are processed as a batch of images by ResNet blocks; at the coarse levels a
 cross-view self-attention layer lets every pixel of every view attend to all pixels of all 4
 views of the same object. Module names and shapes follow the published checkpoints
-(see ../shared/specs/lgm_*_state_dict.txt).
+(listed in tests/fixtures/lgm_*_state_dict.txt; docs/design.md, "Weight compatibility").
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Output, one folder per object (uid = file stem, made unique with _1, _2, ... in 
                                       (x right, y down, looking along +z)
     <output>/<uid>/meta.json          fovy, resolution, radius, normalisation, engine, views
 
-Conventions (DESIGN.md): a Blender world point (x, y, z) is (x, z, -y) in our y-up world, so
+Conventions (docs/design.md): a Blender world point (x, y, z) is (x, z, -y) in our y-up world, so
 ``core.cameras.blender_to_opengl(pose)`` turns a pose file into our OpenGL camera-to-world.
 glTF files are y-up and the importer maps their +y to Blender +z and their +z to Blender -y, so a
 glTF object's own axes are exactly our world axes (OBJ is read as y-up too, PLY as z-up; --up-axis
