@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional, Tuple
 
@@ -37,7 +37,7 @@ from core.runtime import configure_cpu_threads
 
 configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
 
-from core.generation import GenerationError, prompt_name, unique_names
+from core.generation import ExportSettings, GenerationError, Settings, prompt_name, unique_names
 from core.images import IMAGE_SUFFIXES, ImageReadError, read_image
 
 
@@ -52,18 +52,8 @@ class InferArgs:
     """LGM weights (.safetensors/.pt); a bare file name is also looked up in pretrained/."""
     prompt: Optional[str] = None
     """Text: alone, text-to-3D with MVDream; with images, ImageDream's text prompt."""
-    negative_prompt: str = ""
-    """Negative prompt for classifier-free guidance."""
     workspace: str = "workspace_infer"
     """Output folder."""
-    seed: int = 0
-    """Seed of the diffusion noise (the same for every input)."""
-    steps: int = 30
-    """DDIM steps of the multi-view diffusion."""
-    guidance_scale: float = 5.0
-    """Classifier-free guidance scale (1 = none)."""
-    elevation: float = 0.0
-    """Elevation of the 4 views in degrees (core.cameras convention: negative looks from above)."""
     views: Annotated[Tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="PATH")] = ()
     """An image holding 4 views side by side (or stacked top to bottom: said in a note), or a folder of 4
     images (sorted by name), at the default cameras (azimuth 0, 90, 180, 270): skips the diffusion model.
@@ -74,20 +64,10 @@ class InferArgs:
     for images, pretrained/mvdream-sd2.1-diffusers for a prompt)."""
     rembg_model: str = "u2net"
     """rembg background-removal model for images without an alpha channel (file: pretrained/<name>.onnx)."""
-    border_ratio: float = 0.2
-    """Empty margin around the recentred object, as a fraction of the image side."""
-    splat: bool = False
-    """Also write <name>.splat (the antimatter15 web-viewer format)."""
-    y_down: bool = False
-    """Write .ply and .splat y-down (the COLMAP / 3DGS training convention that PlayCanvas SuperSplat,
-    splat-transform and Gradio's Model3D expect; scripts/app.py shows Gradio a y-down copy itself)
-    instead of y-up (three.js viewers, scripts/viewer.py)."""
-    mesh: bool = False
-    """Also write <name>.glb: a textured mesh extracted from the Gaussians (core.mesh; takes seconds)."""
-    video_frames: int = 180
-    """Frames of the 360-degree turntable video (0 = no video)."""
-    fps: int = 30
-    """Frame rate of the video."""
+    settings: Annotated[Settings, tyro.conf.OmitArgPrefixes] = field(default_factory=Settings)
+    """How the 4 views are made and read."""
+    export: Annotated[ExportSettings, tyro.conf.OmitArgPrefixes] = field(default_factory=ExportSettings)
+    """Which files are written."""
     device: Optional[str] = None
     """Torch device (default: cuda if available, else cpu)."""
 
@@ -159,14 +139,7 @@ def read_inputs(jobs: list[Job]) -> None:
 
 def settings_of(args: InferArgs):
     """The generation and export settings of the command line, checked (GenerationError)."""
-    from core.generation import ExportSettings, Settings
-
-    settings = Settings(
-        steps=args.steps, guidance_scale=args.guidance_scale, elevation=args.elevation, seed=args.seed,
-        border_ratio=args.border_ratio, negative_prompt=args.negative_prompt,
-    ).check()
-    export = ExportSettings(video_frames=args.video_frames, fps=args.fps, splat=args.splat, y_down=args.y_down, mesh=args.mesh)
-    return settings, export.check()
+    return args.settings.check(), args.export.check()
 
 
 # --------------------------------------------------------------------------- the run

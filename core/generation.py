@@ -38,8 +38,20 @@ class GenerationError(ValueError):
 
 
 @dataclass
-class Settings:
-    """How the 4 views are made (diffusion) and read (LGM)."""
+class PrepareSettings:
+    """How a user's image is prepared for the diffusion model."""
+
+    border_ratio: float = 0.2
+    """Empty margin around the recentred object, as a fraction of the image side."""
+
+    def check(self):
+        _require(0 <= self.border_ratio < 1, f"border ratio must be in [0, 1), got {self.border_ratio}")
+        return self
+
+
+@dataclass
+class Settings(PrepareSettings):
+    """How the 4 views are made (diffusion) and read (LGM). infer.py's flags are these fields."""
 
     steps: int = 30
     """DDIM steps of the multi-view diffusion."""
@@ -48,40 +60,45 @@ class Settings:
     elevation: float = 0.0
     """Elevation of the 4 views in degrees (core.cameras convention: negative looks from above)."""
     seed: int = 0
-    """Seed of the diffusion noise."""
-    border_ratio: float = 0.2
-    """Empty margin around the recentred object, as a fraction of the image side."""
+    """Seed of the diffusion noise (the same for every input)."""
     negative_prompt: str = ""
     """Negative prompt for classifier-free guidance."""
 
     def check(self) -> "Settings":
+        super().check()
         _require(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _require(self.guidance_scale >= 0, f"guidance scale must be >= 0 (1 = no guidance), got {self.guidance_scale}")
         _require(-90 < self.elevation < 90, f"elevation must be between -90 and 90 degrees, got {self.elevation}")
-        _require(0 <= self.border_ratio < 1, f"border ratio must be in [0, 1), got {self.border_ratio}")
         return self
 
 
 @dataclass
-class ExportSettings:
-    """Which files :func:`export_outputs` writes."""
+class VideoSettings:
+    """The turntable video."""
 
     video_frames: int = 180
     """Frames of the 360-degree turntable video (0 = no video)."""
     fps: int = 30
     """Frame rate of the video."""
-    splat: bool = False
-    """Also write <name>.splat (the antimatter15 web-viewer format)."""
-    y_down: bool = False
-    """Write .ply and .splat in the y-down convention of COLMAP / 3DGS training scenes (for PlayCanvas
-    SuperSplat and splat-transform) instead of our y-up world. Meshes stay y-up (glTF is y-up)."""
-    mesh: bool = False
-    """Also write <name>.glb, a textured mesh extracted from the Gaussians (core.mesh; takes seconds)."""
 
-    def check(self) -> "ExportSettings":
+    def check(self):
         _require(self.video_frames >= 0, f"video frames must be >= 0 (0 = no video), got {self.video_frames}")
         _require(self.fps >= 1, f"fps must be at least 1, got {self.fps}")
         return self
+
+
+@dataclass
+class ExportSettings(VideoSettings):
+    """Which files :func:`export_outputs` writes. infer.py's flags are these fields."""
+
+    splat: bool = False
+    """Also write <name>.splat (the antimatter15 web-viewer format)."""
+    y_down: bool = False
+    """Write .ply and .splat y-down (the COLMAP / 3DGS training convention that PlayCanvas SuperSplat,
+    splat-transform and Gradio's Model3D expect; scripts/app.py shows Gradio a y-down copy itself)
+    instead of y-up (three.js viewers, scripts/viewer.py). Meshes stay y-up (glTF is y-up)."""
+    mesh: bool = False
+    """Also write <name>.glb: a textured mesh extracted from the Gaussians (core.mesh; takes seconds)."""
 
 
 def _require(ok: bool, message: str) -> None:

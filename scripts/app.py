@@ -37,7 +37,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Literal, Optional, Tuple  # noqa: E402
+from typing import Annotated, Literal, Optional, Tuple  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,7 +51,7 @@ configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a sh
 
 
 from core import generation as G  # noqa: E402
-from core.generation import ExportSettings, GenerationError, Settings  # noqa: E402
+from core.generation import ExportSettings, GenerationError, PrepareSettings, Settings, VideoSettings  # noqa: E402
 from core.images import ImageReadError, read_image, write_image  # noqa: E402
 from core.outputs import OutputError  # noqa: E402
 from core.weights import WeightsError, WeightsNotFoundError  # noqa: E402
@@ -82,12 +82,10 @@ class AppArgs:
     """Port to serve on."""
     workspace: str = "workspace_app"
     """Output folder: one sub-folder per request, and examples/ (synthetic renders made at start)."""
-    border_ratio: float = 0.2
-    """Empty margin around the recentred object in uploaded images, as a fraction of the image side."""
-    video_frames: int = 180
-    """Frames of the 360-degree turntable video (0 = no video)."""
-    fps: int = 30
-    """Frame rate of the video."""
+    prepare: Annotated[PrepareSettings, tyro.conf.OmitArgPrefixes] = field(default_factory=PrepareSettings)
+    """How uploaded images are prepared (--border-ratio); the page sets the diffusion's settings."""
+    video: Annotated[VideoSettings, tyro.conf.OmitArgPrefixes] = field(default_factory=VideoSettings)
+    """The turntable video of every request (--video-frames, --fps)."""
     queue_size: int = 16
     """Requests that may wait in the queue; more are turned away with a message."""
     device: Optional[str] = None
@@ -287,7 +285,7 @@ class App:
             if value is None or float(value) != int(float(value)):
                 raise GenerationError(f"{what} must be a whole number, got {value}")
         return Settings(steps=int(steps), guidance_scale=float(guidance_scale), elevation=float(elevation), seed=int(seed),
-                        border_ratio=self.args.border_ratio).check()
+                        border_ratio=self.args.prepare.border_ratio).check()
 
     def _finish(self, name: str, views: np.ndarray, settings: Settings, y_down: bool, mesh: bool, t0: float, progress, how: str):
         """views [4, H, W, 3] -> Gaussians -> files in a new request folder -> the page's outputs."""
@@ -297,8 +295,8 @@ class App:
         progress(0.6, desc="Gaussians")
         gaussians = G.views_to_gaussians(model, views, elevation=settings.elevation)  # [1, N, 14]
         progress(0.65, desc="exports (video" + (", mesh)" if mesh else ")"))
-        export = ExportSettings(video_frames=self.args.video_frames, fps=self.args.fps, splat=True, y_down=bool(y_down),
-                                mesh=bool(mesh))
+        export = ExportSettings(video_frames=self.args.video.video_frames, fps=self.args.video.fps, splat=True,
+                                y_down=bool(y_down), mesh=bool(mesh))
         stem = self._request_folder(name) / name
         files = G.export_outputs(model, gaussians, views, stem, export, elevation=settings.elevation)
         shown = files["splat"]
@@ -470,8 +468,8 @@ def main(argv=None) -> int:
             raise GenerationError(f"unknown preset '{args.preset}'; choose one of {', '.join(config_defaults)}")
         if not args.modes:
             raise GenerationError("--modes needs at least one of image, text, views")
-        Settings(border_ratio=args.border_ratio).check()
-        ExportSettings(video_frames=args.video_frames, fps=args.fps).check()
+        args.prepare.check()
+        args.video.check()
         if args.queue_size < 1:
             raise GenerationError(f"--queue-size must be at least 1, got {args.queue_size}")
         check_port(args.host, args.port)
