@@ -1,6 +1,6 @@
 """GaussianRenderer: render activated Gaussians with a chosen backend, and read/write .ply / .splat.
 
-A Gaussian is 14 activated floats (DESIGN.md): xyz (3), opacity (1), scale (3), rotation
+A Gaussian is 14 activated floats (docs/design.md): xyz (3), opacity (1), scale (3), rotation
 quaternion w, x, y, z normalized (4), rgb in [0, 1] (3).
 
 Backends (``Options.renderer``):
@@ -117,7 +117,7 @@ class GaussianRenderer:
     ) -> dict:
         """Render every view of every batch element.
 
-        gaussians: [B, N, 14] activated; cam_view, cam_view_proj: [B, V, 4, 4] (DESIGN.md
+        gaussians: [B, N, 14] activated; cam_view, cam_view_proj: [B, V, 4, 4] (docs/design.md
         conventions); cam_pos: [B, V, 3] (checked, unused: colours are view-independent);
         bg_color: [3] or [B, V, 3], default white; scale_modifier multiplies every scale.
         Returns dict(image [B, V, 3, H, W], alpha [B, V, 1, H, W], depth [B, V, 1, H, W]) with

@@ -7,7 +7,7 @@ and DCC tools: a binary glTF (.glb, texture embedded) or a Wavefront .obj (+ .mt
     python scripts/convert_mesh.py photo.ply --merge-seams --output print.glb # watertight, vertex colours
 
 Runs on the CPU (a CUDA device speeds up the density grid and the texture colours, --device cuda).
-The steps (core/mesh.py): opacity-weighted density of the Gaussians on a grid -> marching cubes ->
+The steps (core/mesh/): opacity-weighted density of the Gaussians on a grid -> marching cubes ->
 drop floaters -> decimate -> UV atlas -> texture baked from the Gaussians' colours. Reads the
 standard 3DGS PLY that infer.py and 3DGS training write. Exit code 2 with a message for unusable
 input (missing file, not a Gaussian PLY, no Gaussians, every Gaussian below opacity 1/255, no surface

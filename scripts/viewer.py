@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from core.cameras import opencv_to_opengl, orbit_camera, projection_matrix, renderer_cameras  # noqa: E402
-from core.rasterizer.torch_backend import quaternion_to_matrix  # noqa: E402
+from core.geometry import covariance_3d, quaternion_to_matrix  # noqa: E402
 
 MODES = ("image", "alpha", "depth")
 
@@ -65,15 +65,12 @@ def covariances(gaussians: Tensor, scale_modifier: float = 1.0) -> Tensor:
     """World-space covariances R S S^T R^T of activated Gaussians, S = diag(scale * scale_modifier).
 
     gaussians: [N, 14] -> [N, 3, 3]"""
-    rot = quaternion_to_matrix(gaussians[:, 7:11])  # [N, 3, 3]
-    scale = gaussians[:, 4:7] * scale_modifier  # [N, 3]
-    rs = rot * scale[:, None, :]  # R S: column j scaled by s_j
-    return rs @ rs.transpose(1, 2)
+    return covariance_3d(gaussians[:, 4:7], gaussians[:, 7:11], scale_modifier)
 
 
 def viser_camera_to_c2w(wxyz, position) -> Tensor:
     """A viser camera (``wxyz``: rotation world <- camera in OpenCV axes, x right, y down, looking
-    along +z; ``position``: its centre) -> our OpenGL camera-to-world pose [4, 4] (DESIGN.md)."""
+    along +z; ``position``: its centre) -> our OpenGL camera-to-world pose [4, 4] (docs/design.md)."""
     c2w = torch.eye(4)
     c2w[:3, :3] = quaternion_to_matrix(torch.as_tensor(np.asarray(wxyz), dtype=torch.float32))
     c2w[:3, 3] = torch.as_tensor(np.asarray(position), dtype=torch.float32)

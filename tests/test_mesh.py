@@ -1,4 +1,4 @@
-"""core/mesh.py and scripts/convert_mesh.py: Gaussians -> closed, textured mesh (.glb / .obj).
+"""core/mesh/ and scripts/convert_mesh.py: Gaussians -> closed, textured mesh (.glb / .obj).
 
 References are independent of the code under test: Gaussians are sampled on analytic surfaces
 (sphere, box, torus) with known colours, and the mesh is measured against the exact surface

@@ -1,9 +1,9 @@
 """The torch rasterizer against an independent brute-force renderer, hand camera maths, and bad input.
 
-The brute-force renderer below is written from the "Rasterizer semantics" of DESIGN.md alone:
-one image at a time, Gaussians projected one by one with scalar maths, sorted by depth, then
-every Gaussian evaluated at every pixel, front to back, with the transmittance updated
-sequentially as the 3DGS CUDA kernel does. Autograd through it gives the reference gradients.
+The brute-force renderer, core/rasterizer/reference.py, is written from "What the rasterizer
+computes" in docs/design.md alone: one image at a time, Gaussians projected one by one with scalar maths, sorted
+by depth, then every Gaussian evaluated at every pixel, front to back, with the transmittance
+updated sequentially as the 3DGS CUDA kernel does. Autograd through it gives the reference gradients.
 """
 
 from __future__ import annotations
@@ -18,100 +18,9 @@ from core.cameras import orbit_camera, projection_matrix, renderer_cameras
 from core.gs import GaussianRenderer, RendererError
 from core.options import Options
 from core.rasterizer import torch_backend
+from core.rasterizer.reference import brute_force
 
 FOVY, NEAR, FAR, RADIUS = 49.1, 0.5, 2.5, 1.5
-
-
-# ----------------------------------------------------------------------------- reference
-
-
-def brute_force_view(g: torch.Tensor, view: torch.Tensor, view_proj: torch.Tensor, size: int, bg: torch.Tensor, stats=None):
-    """Render one view. g: [N, 14] activated Gaussians; view, view_proj: [4, 4] row-vector
-    matrices; bg: [3]. Returns image [3, S, S], alpha [S, S], depth [S, S] (differentiable).
-    ``stats`` (a dict) receives counts of what the rules did."""
-    dt = g.dtype
-    proj = torch.linalg.inv(view.double()) @ view_proj.double()
-    tan_x, tan_y = float(1 / proj[0, 0]), float(1 / proj[1, 1])
-    fx, fy = size / (2 * tan_x), size / (2 * tan_y)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=dt), torch.arange(size, dtype=dt), indexing="ij")
-    n_tiles = (size + 15) // 16
-    tile_x, tile_y = xs.long() // 16, ys.long() // 16
-    splats = []
-    for i in range(g.shape[0]):
-        p, opacity, s, q, rgb = g[i, 0:3], g[i, 3], g[i, 4:7], g[i, 7:11], g[i, 11:14]
-        hom = torch.cat([p, p.new_ones(1)])
-        t = hom @ view
-        if not t[2].item() > 0.2:  # near cull
-            continue
-        clip = hom @ view_proj
-        ndc = clip[:3] / (clip[3] + 1e-7)
-        px = ((ndc[0] + 1) * size - 1) / 2
-        py = ((ndc[1] + 1) * size - 1) / 2
-        w, x, y, z = q / torch.sqrt((q * q).sum())
-        rot = torch.stack(
-            [
-                torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)]),
-                torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)]),
-                torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]),
-            ]
-        )
-        cov3d = rot @ torch.diag(s * s) @ rot.T
-        tz = t[2]
-        tx = torch.clamp(t[0] / tz, -1.3 * tan_x, 1.3 * tan_x) * tz
-        ty = torch.clamp(t[1] / tz, -1.3 * tan_y, 1.3 * tan_y) * tz
-        zero = tz * 0
-        jac = torch.stack(
-            [torch.stack([fx / tz, zero, -fx * tx / (tz * tz)]), torch.stack([zero, fy / tz, -fy * ty / (tz * tz)])]
-        )
-        w2c = view[:3, :3].T  # column-vector rotation world -> camera
-        cov = jac @ w2c @ cov3d @ w2c.T @ jac.T
-        a, b, c = cov[0, 0] + 0.3, cov[0, 1], cov[1, 1] + 0.3
-        det = a * c - b * b
-        if det.item() == 0:
-            continue
-        mid = 0.5 * (a + c).item()
-        root = math.sqrt(max(0.1, mid * mid - det.item()))
-        radius = math.ceil(3 * math.sqrt(max(mid + root, mid - root)))
-        cx, cy = px.item(), py.item()
-        rect_x = (min(n_tiles, max(0, int((cx - radius) / 16))), min(n_tiles, max(0, int((cx + radius + 15) / 16))))
-        rect_y = (min(n_tiles, max(0, int((cy - radius) / 16))), min(n_tiles, max(0, int((cy + radius + 15) / 16))))
-        if (rect_x[1] - rect_x[0]) * (rect_y[1] - rect_y[0]) == 0:
-            continue
-        in_rect = (tile_x >= rect_x[0]) & (tile_x < rect_x[1]) & (tile_y >= rect_y[0]) & (tile_y < rect_y[1])
-        splats.append((tz.item(), i, px, py, (c / det, -b / det, a / det), opacity, rgb, tz, in_rect))
-    splats.sort(key=lambda item: (item[0], item[1]))  # depth, ties by index
-
-    T = torch.ones(size, size, dtype=dt)
-    color = torch.zeros(3, size, size, dtype=dt)
-    depth = torch.zeros(size, size, dtype=dt)
-    done = torch.zeros(size, size, dtype=torch.bool)
-    for _, _, px, py, (ca, cb, cc), opacity, rgb, tz, in_rect in splats:
-        dx, dy = px - xs, py - ys
-        power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
-        alpha = torch.clamp(opacity * torch.exp(power), max=0.99)
-        valid = in_rect & ~done & (power <= 0) & (alpha >= 1.0 / 255.0)
-        test_T = T * (1 - alpha)
-        stop = valid & (test_T < 1e-4)
-        done = done | stop
-        take = valid & ~stop
-        weight = torch.where(take, alpha * T, torch.zeros_like(T))
-        color = color + rgb[:, None, None] * weight
-        depth = depth + tz * weight
-        T = torch.where(take, test_T, T)
-    if stats is not None:
-        stats["stopped_pixels"] = stats.get("stopped_pixels", 0) + int(done.sum())
-        stats["splats"] = stats.get("splats", 0) + len(splats)
-    return color + T * bg[:, None, None], 1 - T, depth
-
-
-def brute_force(g, cam_view, cam_view_proj, size, bg, stats=None):
-    """g [N, 14], cam_view / cam_view_proj [V, 4, 4] -> image [V, 3, S, S], alpha, depth [V, 1, S, S]."""
-    outs = [brute_force_view(g, cam_view[v], cam_view_proj[v], size, bg, stats) for v in range(cam_view.shape[0])]
-    return (
-        torch.stack([o[0] for o in outs]),
-        torch.stack([o[1] for o in outs])[:, None],
-        torch.stack([o[2] for o in outs])[:, None],
-    )
 
 
 # ----------------------------------------------------------------------------- scenes

@@ -478,7 +478,7 @@ def test_eval_script_on_the_render(rendered, tmp_path):
     assert summary["psnr"] == pytest.approx(row["psnr"])
 
 
-# ----------------------------------------------------------------------------- mesh export (core/mesh.py)
+# ----------------------------------------------------------------------------- mesh export (core/mesh/)
 
 _GLB_PROBE = '''
 import json, sys

@@ -16,9 +16,9 @@ import torch
 
 from conftest import ROOT
 from core.cameras import opengl_to_opencv, orbit_camera, projection_matrix, renderer_cameras
+from core.geometry import quaternion_to_matrix
 from core.gs import GaussianRenderer, load_ply, load_splat, save_ply, save_splat, ydown_to_yup, yup_to_ydown
 from core.options import Options
-from core.rasterizer.torch_backend import quaternion_to_matrix
 
 FLIP = torch.diag(torch.tensor([1.0, -1.0, -1.0]))  # 180 degrees about x
 

@@ -30,10 +30,11 @@ Conversion: :func:`render` takes the same inputs as the torch backend and conver
 
 * ``viewmats = cam_view^T``: our ``cam_view`` is the row-vector world-to-camera matrix in OpenCV
   axes (x right, y down, z forward), gsplat wants the column-vector one in the same axes.
-* ``Ks = [[fx, 0, S/2], [0, fy, S/2], [0, 0, 1]]`` with ``fx = S / (2 tan(fovx/2))`` and
-  ``tan(fovx/2) = 1 / proj[0, 0]`` (likewise y) of ``proj = inverse(cam_view) @ cam_view_proj``.
-  gsplat samples pixel ``x`` at ``x + 0.5`` and the 3DGS rasterizer samples it at ``x`` with
-  centres at ``((ndc + 1) S - 1) / 2``; a principal point of ``S/2`` makes both the same geometry.
+* ``Ks = [[fx, 0, S/2], [0, fy, S/2], [0, 0, 1]]`` (:func:`core.geometry.intrinsics`) with
+  ``fx = S / (2 tan(fovx/2))`` and ``tan(fovx/2) = 1 / proj[0, 0]`` (likewise y) of
+  ``proj = inverse(cam_view) @ cam_view_proj``. gsplat samples pixel ``x`` at ``x + 0.5`` and the
+  3DGS rasterizer samples it at ``x`` with centres at ``((ndc + 1) S - 1) / 2``; a principal point
+  of ``S/2`` makes both the same geometry.
 * ``render_mode="RGB+D"`` gives ``sum(z alpha T)`` in the last channel (our ``depth``; "ED" would
   divide by alpha), ``backgrounds`` applies to RGB only, ``eps2d=0.3`` is the same +0.3 dilation,
   ``near_plane=0.2`` the same near cull, ``far_plane`` is left at infinity (3DGS has none).
@@ -71,7 +72,8 @@ import time
 import torch
 from torch import Tensor
 
-from core.rasterizer.torch_backend import NEAR_CULL, DILATION, tan_half_fov
+from core.geometry import intrinsics
+from core.rasterizer.torch_backend import DILATION, NEAR_CULL
 
 BACKEND_MODULE = "gsplat.cuda._backend"  # importing it loads, or JIT-compiles, the kernels
 PREBUILT_MODULE = "gsplat.csrc"  # the kernels of a binary wheel
@@ -167,18 +169,6 @@ def _check_kernels(kernels, version: str) -> tuple[bool, str]:
             "(this backend calls the gsplat 1.5.x kernels)"
         )
     return True, ""
-
-
-def intrinsics(cam_view: Tensor, cam_view_proj: Tensor, size: int) -> Tensor:
-    """Pinhole intrinsics of the 3DGS cameras. [..., 4, 4] x2 -> Ks [..., 3, 3]"""
-    tan_x, tan_y = tan_half_fov(cam_view, cam_view_proj)  # [...] float64
-    Ks = torch.zeros(*tan_x.shape, 3, 3, dtype=torch.float64, device=cam_view.device)
-    Ks[..., 0, 0] = size / (2.0 * tan_x)
-    Ks[..., 1, 1] = size / (2.0 * tan_y)
-    Ks[..., 0, 2] = size / 2.0
-    Ks[..., 1, 2] = size / 2.0
-    Ks[..., 2, 2] = 1.0
-    return Ks.to(cam_view.dtype)
 
 
 def render(

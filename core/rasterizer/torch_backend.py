@@ -1,7 +1,10 @@
 """Pure-PyTorch Gaussian rasterizer with the semantics of the 3DGS CUDA rasterizer (any device).
 
-This is the reference backend: it renders what the published LGM weights were trained with
-("Rasterizer semantics" in DESIGN.md) and is differentiable w.r.t. all 14 Gaussian parameters.
+The tiled, exact backend: it renders what the published LGM weights were trained with ("What the
+rasterizer computes" in docs/design.md), batched and tiled for speed, and is differentiable
+w.r.t. all 14 Gaussian parameters. The plain, slow renderer it is tested against, pixel by pixel and
+gradient by gradient, is :mod:`core.rasterizer.reference`. Quaternions, covariances, focal
+lengths and the NDC -> pixel mapping come from :mod:`core.geometry`.
 
 Pipeline, batched over the ``I = B * V`` images (no Python loop over images or views):
 
@@ -11,7 +14,7 @@ Pipeline, batched over the ``I = B * V`` images (no Python loop over images or v
    radius ``ceil(3 sqrt(lambda_max))`` and the 16x16 tile range. Each Gaussian gets the pixel
    box where it may be evaluated: its tile range, intersected with the box of the ellipse where
    ``opacity * exp(power) >= 1/255`` (outside it every pixel is skipped by the alpha rule, so the
-   intersection changes nothing, see DESIGN.md) and with the image.
+   intersection changes nothing, see docs/design.md) and with the image.
 2. :func:`rasterize` composites front to back in a custom ``torch.autograd.Function``:
 
    * Visible (image, Gaussian) pairs are sorted by (image, view-space depth, index), the order
@@ -55,6 +58,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from core.geometry import covariance_3d, focal_length, ndc_to_pixel, perspective_divide, tan_half_fov
+
 TILE = 16  # CUDA tile side (pixels)
 NEAR_CULL = 0.2  # view-space z at or below which a Gaussian is culled
 JACOBIAN_CLAMP = 1.3  # t.x/t.z and t.y/t.z are clamped to +-1.3 tan(fov/2) in the Jacobian
@@ -96,27 +101,6 @@ class Projected:
     radius: Tensor  # [I, N] float: the 3-sigma radius of the CUDA code (0 when culled)
 
 
-def quaternion_to_matrix(q: Tensor) -> Tensor:
-    """Rotation matrices from quaternions (w, x, y, z), normalized here. [..., 4] -> [..., 3, 3]"""
-    q = q / q.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]  # fmt: skip
-    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)
-
-
-def tan_half_fov(cam_view: Tensor, cam_view_proj: Tensor) -> tuple[Tensor, Tensor]:
-    """tan(fovx/2), tan(fovy/2) of each camera from its projection matrix (1/proj[0,0], 1/proj[1,1]).
-
-    proj = inverse(cam_view) @ cam_view_proj, computed in float64. [..., 4, 4] x2 -> [...], [...]
-    """
-    proj = torch.linalg.inv(cam_view.double()) @ cam_view_proj.double()
-    return 1.0 / proj[..., 0, 0], 1.0 / proj[..., 1, 1]
-
-
 def project_gaussians(
     gaussians: Tensor, cam_view: Tensor, cam_view_proj: Tensor, size: int, scale_modifier: float = 1.0
 ) -> Projected:
@@ -129,8 +113,7 @@ def project_gaussians(
     V = cam_view.shape[1]
     dtype = gaussians.dtype
     means, opacity = gaussians[..., 0:3], gaussians[..., 3]  # [B, N, 3], [B, N]
-    scales = gaussians[..., 4:7] * scale_modifier  # [B, N, 3]
-    quats, rgb = gaussians[..., 7:11], gaussians[..., 11:14]  # [B, N, 4], [B, N, 3]
+    scales, quats, rgb = gaussians[..., 4:7], gaussians[..., 7:11], gaussians[..., 11:14]  # [B, N, 3 | 4 | 3]
 
     hom = torch.cat([means, torch.ones_like(means[..., :1])], dim=-1)  # [B, N, 4]
     t = torch.einsum("bnk,bvkl->bvnl", hom, cam_view)  # [B, V, N, 4] view space (row vectors)
@@ -140,12 +123,12 @@ def project_gaussians(
     one = torch.ones((), dtype=dtype, device=gaussians.device)
     tz_safe = torch.where(in_front, tz, one)  # culled entries must not create inf/NaN gradients
     w_safe = torch.where(in_front, clip[..., 3], one)
-    ndc = clip[..., :2] / (w_safe + 1e-7).unsqueeze(-1)  # [B, V, N, 2]
-    xy = ((ndc + 1.0) * size - 1.0) * 0.5  # [B, V, N, 2] pixel coordinates
+    ndc = perspective_divide(clip[..., :2], w_safe.unsqueeze(-1))  # [B, V, N, 2]
+    xy = ndc_to_pixel(ndc, size)  # [B, V, N, 2] pixel coordinates
 
     tan_x, tan_y = tan_half_fov(cam_view, cam_view_proj)  # [B, V] float64
-    focal_x = (size / (2.0 * tan_x)).to(dtype)[..., None]  # [B, V, 1]
-    focal_y = (size / (2.0 * tan_y)).to(dtype)[..., None]
+    focal_x = focal_length(tan_x, size).to(dtype)[..., None]  # [B, V, 1]
+    focal_y = focal_length(tan_y, size).to(dtype)[..., None]
     lim_x = (JACOBIAN_CLAMP * tan_x).to(dtype)[..., None]
     lim_y = (JACOBIAN_CLAMP * tan_y).to(dtype)[..., None]
     tx = torch.maximum(torch.minimum(t[..., 0] / tz_safe, lim_x), -lim_x) * tz_safe  # [B, V, N]
@@ -157,9 +140,7 @@ def project_gaussians(
         dim=-1,
     ).reshape(B, V, N, 2, 3)  # fmt: skip
 
-    rot = quaternion_to_matrix(quats)  # [B, N, 3, 3]
-    m = rot * scales.unsqueeze(-2)  # [B, N, 3, 3] = R S
-    cov3d = m @ m.transpose(-1, -2)  # [B, N, 3, 3]
+    cov3d = covariance_3d(scales, quats, scale_modifier)  # [B, N, 3, 3] R S S^T R^T
     w2c = cam_view[..., :3, :3].transpose(-1, -2)  # [B, V, 3, 3] world -> camera rotation (column vectors)
     tmat = jac @ w2c.unsqueeze(2)  # [B, V, N, 2, 3]
     cov2d = tmat @ cov3d.unsqueeze(1) @ tmat.transpose(-1, -2)  # [B, V, N, 2, 2]
