@@ -38,7 +38,7 @@ from core.runtime import configure_cpu_threads
 configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a shared machine
 
 from core.generation import ExportSettings, GenerationError, Settings, prompt_name, unique_names
-from core.images import IMAGE_SUFFIXES, ImageReadError, read_image
+from core.images import IMAGE_SUFFIXES, read_image
 
 
 @dataclass
@@ -192,17 +192,11 @@ def run(args: InferArgs) -> int:
 
 def main(argv=None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]), run, and return the exit code (2: missing weights,
-    bad input or unwritable outputs)."""
-    from core.outputs import OutputError
-    from core.weights import WeightsError
+    bad input or unwritable outputs: core.errors)."""
+    from core import errors
 
     args = tyro.cli(InferArgs, args=argv, description=__doc__.split("\n\n")[0])
-    try:
-        return run(args)
-    except (WeightsError, GenerationError, ImageReadError, OutputError) as e:
-        bar = "-" * 78
-        print(f"\n{bar}\ninfer.py: {e}\n{bar}", file=sys.stderr)
-        return 2
+    return errors.run(lambda: run(args), "infer.py")
 
 
 if __name__ == "__main__":

@@ -27,39 +27,25 @@ import torch  # noqa: E402
 
 
 def main() -> int:
+    """Parse the options (tyro shows bad ones as one screen, exit code 2) and train; errors a person
+    can act on are shown the same way (core.errors), a full disk says which checkpoint is intact."""
     import tyro
 
-    from core.options import AllConfigs, OptionsError
+    from core.errors import run
+    from core.options import AllConfigs
 
-    try:
-        opt = tyro.cli(AllConfigs)
-    except OptionsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        return train(opt)
-    except KeyboardInterrupt:
-        print("\ninterrupted: the latest complete checkpoint is kept; continue with --resume_from latest", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, RuntimeError) as e:
-        from core.datasets.folder import FolderDatasetError
-        from core.outputs import DISK_FULL_ERRNOS, OutputError, describe_os_error
-        from core.training import CheckpointError, checkpoint_dirs
-        from core.weights import WeightsError
+    opt = tyro.cli(AllConfigs)
+    return run(lambda: train(opt), "main.py", disk_full_note=lambda: intact_checkpoint_note(opt.workspace),
+               interrupt_note="the latest complete checkpoint is kept; continue with --resume_from latest")
 
-        if isinstance(e, CheckpointError):  # e.g. a full disk: the run's work up to the last checkpoint is safe
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:  # while writing logs, images, exports
-            latest = checkpoint_dirs(opt.workspace)
-            print(f"error: {e.filename or 'a file'}: {describe_os_error(e)}. "
-                  + (f"The last complete checkpoint, {latest[-1]}, is intact: free some space and continue with "
-                     f"--resume_from latest." if latest else "No checkpoint was saved yet."), file=sys.stderr)
-            return 1
-        if isinstance(e, (FolderDatasetError, WeightsError, FileNotFoundError, OutputError)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+
+def intact_checkpoint_note(workspace) -> str:
+    from core.training import checkpoint_dirs
+
+    latest = checkpoint_dirs(workspace)
+    if not latest:
+        return "No checkpoint was saved yet."
+    return f"The last complete checkpoint, {latest[-1]}, is intact: free some space and continue with --resume_from latest."
 
 
 def train(opt) -> int:
@@ -68,6 +54,7 @@ def train(opt) -> int:
     from tqdm import tqdm
 
     from core import training as T
+    from core.errors import show
     from core.metrics import LPIPSUnavailableError
     from core.models import LGM
     from core.outputs import OutputError, WorkspaceLock, prepare_output_dir
@@ -85,6 +72,12 @@ def train(opt) -> int:
     )
     main_proc = accelerator.is_main_process
     say = accelerator.print
+
+    def refuse(message: str, code: int = 2) -> int:
+        """Stop every process with ``code``; the main process shows why (as core.errors does)."""
+        if main_proc:
+            show(message, "main.py")
+        return code
     set_seed(opt.seed)
 
     # ------------------------------------------------------------------ one run per workspace
@@ -101,15 +94,13 @@ def train(opt) -> int:
         except OutputError as e:
             problem = str(e)
     if bool(accelerator.gather(torch.tensor([problem != ""], device=accelerator.device)).any()):
-        say(f"error: {problem}")
-        return 2
+        return refuse(problem)
     if accelerator.device.type == "cuda" and opt.renderer != "torch":  # load (or compile) gsplat's kernels, main process first
         from core.rasterizer import gsplat_backend
 
         ok, why = gsplat_backend.load_kernels_in_order(accelerator)
         if not ok and opt.renderer == "gsplat":
-            say(f"error: --renderer gsplat, but gsplat cannot be used: {why}")
-            return 2
+            return refuse(f"--renderer gsplat, but gsplat cannot be used: {why}")
         say("[render] gsplat's CUDA kernels loaded" if ok else f"[render] gsplat unavailable ({why}): the pure-PyTorch rasterizer renders")
 
     # ------------------------------------------------------------------ model
@@ -121,15 +112,13 @@ def train(opt) -> int:
         try:
             _ = model.lpips  # fail now, not at the first step
         except LPIPSUnavailableError as e:
-            say(f"error: {e}")
-            return 2
+            return refuse(str(e))
 
     # ------------------------------------------------------------------ data
     train_ds, eval_ds = T.build_datasets(opt)
     train_loader, eval_loader = T.build_loaders(opt, train_ds, eval_ds, accelerator)  # on the device, split across processes
     if len(train_loader) == 0:
-        say(f"error: {len(train_ds)} training objects is fewer than one batch of {opt.batch_size}; lower --batch_size")
-        return 2
+        return refuse(f"{len(train_ds)} training objects is fewer than one batch of {opt.batch_size}; lower --batch_size")
 
     # ------------------------------------------------------------------ optimizer and schedule
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=(0.9, 0.95))
@@ -217,8 +206,7 @@ def train(opt) -> int:
                     optimizer.zero_grad()
                     warnings.warn(f"step {global_step}: non-finite loss ({loss.item()}), step skipped")
                     if nonfinite >= opt.max_nonfinite_steps:
-                        say(f"error: {nonfinite} non-finite losses in a row; lower --lr or check the data")
-                        return 3
+                        return refuse(f"{nonfinite} non-finite losses in a row; lower --lr or check the data", 3)
                     continue
                 accelerator.backward(loss)
                 grad_norm = None

@@ -167,6 +167,19 @@ def plucker_embedding(c2w: Tensor, h: int, w: int, fovy: float) -> Tensor:
     return emb.movedim(-1, -3).contiguous()
 
 
+def model_input(images: Tensor, c2w: Tensor, fovy: float) -> Tensor:
+    """What LGM reads per input view (docs/design.md): ImageNet-normalised RGB, then the Pluecker
+    rays of the view's camera. The one builder, used by the datasets and by generation.
+
+    images: [V, 3, h, w] in [0, 1]; c2w: [V, 4, 4] OpenGL (rays are computed on its device, then
+    moved to the images') -> [V, 9, h, w]
+    """
+    from core.images import normalize_imagenet
+
+    rays = plucker_embedding(c2w, images.shape[-2], images.shape[-1], fovy).to(images)
+    return torch.cat([normalize_imagenet(images), rays], dim=1)
+
+
 def normalize_to_first_view(c2w: Tensor, radius: float = 1.5) -> Tensor:
     """Rigidly move all poses so that the first becomes the canonical pose (identity rotation at
     (0, 0, radius), i.e. ``orbit_camera(0, 0, radius)``). Relative poses are kept.

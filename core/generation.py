@@ -10,7 +10,7 @@
 
 Every user mistake (bad numbers, unreadable files, views of the wrong shape, a model of the wrong
 kind) raises :class:`GenerationError` (or an ``ImageReadError`` / ``WeightsError`` /
-``OutputError``) with a message a person can act on.
+``OutputError``), all :class:`core.errors.UserError`, with a message a person can act on.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.images import IMAGE_SUFFIXES, ImageReadError, normalize_imagenet, read_image, write_image
+from core.cameras import default_input_poses, model_input
+from core.errors import UserError
+from core.images import IMAGE_SUFFIXES, read_image, write_image
 
 DEFAULT_IMAGEDREAM = "pretrained/imagedream-ipmv-diffusers"
 DEFAULT_MVDREAM = "pretrained/mvdream-sd2.1-diffusers"
@@ -33,7 +35,7 @@ MIN_VIDEO_SIZE = 256  # turntables of small presets (the CPU demo renders 64 px)
 MIN_VIEW_SIZE = 32  # px per view: smaller --views are refused (the cpu preset, the smallest, reads 32 px)
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError, ValueError):
     """A problem with the user's inputs or settings; the message says what to do."""
 
 
@@ -291,24 +293,20 @@ def generate_views(pipe, image: Optional[np.ndarray] = None, prompt: str = "", s
     for MVDream (text only). -> float32 [4, 256, 256, 3] in [0, 1]
     """
     from core.mvdiffusion import to_lgm_order
-    from core.mvdiffusion.pipeline import NonFiniteViewsError
 
     settings.check()
     pipe.set_progress_bar_config(disable=not progress)
-    try:
-        mv = pipe(
-            prompt=prompt or "",
-            image=image,
-            negative_prompt=settings.negative_prompt,
-            height=MV_SIZE,
-            width=MV_SIZE,
-            elevation=-settings.elevation,  # the pipeline takes MVDream's sign (positive = from above)
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            seed=settings.seed,
-        )  # [4, 256, 256, 3], MVDream's frame order
-    except NonFiniteViewsError as e:  # a message for people, as the other generation errors
-        raise GenerationError(str(e)) from None
+    mv = pipe(
+        prompt=prompt or "",
+        image=image,
+        negative_prompt=settings.negative_prompt,
+        height=MV_SIZE,
+        width=MV_SIZE,
+        elevation=-settings.elevation,  # the pipeline takes MVDream's sign (positive = from above)
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        seed=settings.seed,
+    )  # [4, 256, 256, 3], MVDream's frame order; NaN views raise NonFiniteViewsError (a UserError)
     return to_lgm_order(mv)
 
 
@@ -324,8 +322,7 @@ def views_to_gaussians(model, views: np.ndarray, elevation: float = 0.0) -> Tens
     device, dtype = model.conv.weight.device, model.conv.weight.dtype
     x = torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32)).permute(0, 3, 1, 2).to(device)  # [4, 3, H, W]
     x = F.interpolate(x, size=(opt.input_size, opt.input_size), mode="bilinear", align_corners=False, antialias=True)
-    rays = model.prepare_default_rays(device, elevation=elevation)  # [4, 6, S, S]
-    x = torch.cat([normalize_imagenet(x), rays], dim=1)[None].to(dtype)  # [1, 4, 9, S, S]
+    x = model_input(x, default_input_poses(elevation, opt.cam_radius), opt.fovy)[None].to(dtype)  # [1, 4, 9, S, S]
     with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
         return model.forward_gaussians(x).float()  # [1, N, 14]
 

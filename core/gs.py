@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.errors import UserError
 from core.options import Options
 from core.rasterizer import gsplat_backend, torch_backend
 from core.runtime import at_least_fp32
@@ -29,7 +30,7 @@ SH_C0 = 0.28209479177387814  # the degree-0 spherical harmonic: rgb = 0.5 + SH_C
 _PLY_EPS = 1e-7  # opacity is clamped to [eps, 1 - eps] before the logit, scales to >= 1e-12 before the log
 
 
-class RendererError(ValueError):
+class RendererError(UserError, ValueError):
     """Bad input to the renderer (names the argument, the expected and the found value)."""
 
 

@@ -12,6 +12,8 @@ from typing import Literal, Optional, Tuple
 
 import tyro
 
+from core.errors import UserError
+
 
 @dataclass
 class Options:
@@ -178,6 +180,14 @@ class Options:
             )
         _check(self.num_input_views == 4, "the multi-view U-Net is built for 4 input views")
         _check(self.num_views > self.num_input_views, "num_views must exceed num_input_views")
+        _check(
+            self.input_view_ids is None or len(self.input_view_ids) == self.num_input_views,
+            f"--input_view_ids needs {self.num_input_views} views, one per input view, got {self.input_view_ids}",
+        )
+        _check(
+            self.dataset not in DATA_ROOTS or bool(self.data_root),
+            f"--dataset {self.dataset} needs --data_root {DATA_ROOTS.get(self.dataset)}",
+        )
         for name in ("input_size", "output_size", "splat_size", "batch_size", "gradient_accumulation_steps",
                      "num_epochs", "log_every", "keep_last", "max_nonfinite_steps", "attention_heads",
                      "layers_per_block"):
@@ -203,7 +213,15 @@ class Options:
         return self.input_size // 2 ** (len(self.down_channels) - 1) * 2 ** (len(self.up_channels) - 1)
 
 
-class OptionsError(ValueError):
+DATA_ROOTS = {
+    "folder": "DIR (see README: 'Train on your own meshes')",
+    "gobjaverse": "ROOT (the folder holding <group>/<uid>[.tar])",
+    "shards": "'DIR/shards-{000000..000099}.tar' (or DIR); see scripts/make_shards.py",
+}
+"""What --data_root names for each dataset that reads one (the synthetic dataset needs none)."""
+
+
+class OptionsError(UserError, ValueError):
     """Inconsistent options (raised at construction)."""
 
 

@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from core.errors import DISK_FULL_ERRNOS, UserError  # noqa: F401 (DISK_FULL_ERRNOS: re-exported)
 
-class OutputError(OSError):
+
+class OutputError(UserError, OSError):
     """An output folder or file that cannot be written; the message says which and why."""
-
-
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def describe_os_error(e: BaseException) -> str:

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from core.datasets.common import sample_generator
+from core.errors import UserError
 from core.images import image_grid, unnormalize_imagenet, write_image
 from core.metrics import LPIPSUnavailableError, build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
@@ -211,11 +213,11 @@ def resolve_resume_dir(workspace, resume_from: str) -> Path:
     if resume_from == "latest":
         dirs = checkpoint_dirs(workspace)
         if not dirs:
-            raise FileNotFoundError(f"--resume_from latest: no complete checkpoint under {Path(workspace) / 'checkpoints'}")
+            raise NoCheckpointError(f"--resume_from latest: no complete checkpoint under {Path(workspace) / 'checkpoints'}")
         return dirs[-1]
     d = Path(resume_from)
     if not (d / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"--resume_from {d}: not a complete checkpoint folder (no {COMPLETE_MARKER})")
+        raise NoCheckpointError(f"--resume_from {d}: not a complete checkpoint folder (no {COMPLETE_MARKER})")
     return d
 
 
@@ -266,8 +268,15 @@ def read_progress(ckpt_dir: Path) -> dict:
     return json.loads((ckpt_dir / COMPLETE_MARKER).read_text())
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or does not fit this run; the message says what to do."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be written; the message says which one is intact (exit code 1: the
+    run's work up to that checkpoint is safe)."""
+
+    exit_code = 1
+
+
+class NoCheckpointError(UserError, FileNotFoundError):
+    """--resume_from names no complete checkpoint."""
 
 
 def save_checkpoint(accelerator, workspace, step: int, progress: dict, keep_last: int, ema: Optional[EMA] = None) -> Path:
@@ -577,7 +586,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = sample_generator(self.seed, self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:

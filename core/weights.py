@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from core import hub
+from core.errors import UserError
 
 # where each published file comes from: used in error messages and by scripts/download_weights.py
 DOWNLOAD_HINTS = {
@@ -29,7 +30,7 @@ DOWNLOAD_HINTS = {
 }
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A weight file that cannot be used; the message says what to do."""
 
 

@@ -52,7 +52,8 @@ configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a sh
 
 from core import generation as G  # noqa: E402
 from core.generation import ExportSettings, GenerationError, PrepareSettings, Settings, VideoSettings  # noqa: E402
-from core.images import ImageReadError, read_image, write_image  # noqa: E402
+from core.images import read_image, write_image  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from core.outputs import OutputError  # noqa: E402
 from core.weights import WeightsError, WeightsNotFoundError  # noqa: E402
 
@@ -210,7 +211,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (GenerationError, ImageReadError, WeightsError, OutputError) as e:
+        except UserError as e:  # core.errors: a message for people
             print(f"[app] request refused: {e}", file=sys.stderr)
             raise refuse(str(e)) from None
         except Exception as e:
@@ -459,32 +460,34 @@ def check_port(host: str, port: int) -> None:
 def main(argv=None) -> int:
     """Parse ``argv``, load the models, serve until Ctrl-C. Exit code 2: bad flags, an unusable
     --workspace or port, weights of the wrong kind, no tab left to offer (all their weights missing)."""
+    from core import errors
+
+    args = tyro.cli(AppArgs, args=argv, description=__doc__.split("\n\n")[0])
+    return errors.run(lambda: serve(args), "app.py")
+
+
+def serve(args: AppArgs) -> int:
+    """Check the flags, load the models, build the page and serve it (core.errors.UserError on bad setup)."""
     from core.options import config_defaults
     from core.outputs import prepare_output_dir
 
-    args = tyro.cli(AppArgs, args=argv, description=__doc__.split("\n\n")[0])
-    try:
-        if args.preset is not None and args.preset not in config_defaults:
-            raise GenerationError(f"unknown preset '{args.preset}'; choose one of {', '.join(config_defaults)}")
-        if not args.modes:
-            raise GenerationError("--modes needs at least one of image, text, views")
-        args.prepare.check()
-        args.video.check()
-        if args.queue_size < 1:
-            raise GenerationError(f"--queue-size must be at least 1, got {args.queue_size}")
-        check_port(args.host, args.port)
-        workspace = prepare_output_dir(args.workspace, "--workspace").resolve()
-        device = G.default_device(args.device)
-        models = load_models(args, device)
-        off = nothing_to_serve(args, models)
-        if off:
-            raise GenerationError(off)
-        examples = make_examples(workspace / "examples", models.lgm.opt if models.lgm is not None else config_defaults["big"])
-        demo = build_demo(args, models, workspace, examples)
-    except (WeightsError, GenerationError, ImageReadError, OutputError) as e:
-        bar = "-" * 78
-        print(f"\n{bar}\napp.py: {e}\n{bar}", file=sys.stderr)
-        return 2
+    if args.preset is not None and args.preset not in config_defaults:
+        raise GenerationError(f"unknown preset '{args.preset}'; choose one of {', '.join(config_defaults)}")
+    if not args.modes:
+        raise GenerationError("--modes needs at least one of image, text, views")
+    args.prepare.check()
+    args.video.check()
+    if args.queue_size < 1:
+        raise GenerationError(f"--queue-size must be at least 1, got {args.queue_size}")
+    check_port(args.host, args.port)
+    workspace = prepare_output_dir(args.workspace, "--workspace").resolve()
+    device = G.default_device(args.device)
+    models = load_models(args, device)
+    off = nothing_to_serve(args, models)
+    if off:
+        raise GenerationError(off)
+    examples = make_examples(workspace / "examples", models.lgm.opt if models.lgm is not None else config_defaults["big"])
+    demo = build_demo(args, models, workspace, examples)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(workspace)], ssr_mode=False,
                 max_file_size="64mb", show_error=True, footer_links=["api"])

@@ -143,12 +143,14 @@ def run(args: ConvertArgs) -> tuple[Path, M.MeshResult, list[Path]]:
 
 
 def main() -> int:
+    from core import errors
+
     args = tyro.cli(ConvertArgs, description=__doc__)
-    try:
-        output, result, written = run(args)
-    except M.MeshError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return errors.run(lambda: convert(args), "convert_mesh.py")
+
+
+def convert(args: ConvertArgs) -> int:
+    output, result, written = run(args)
     info = result.info
     extra = f" (+ {', '.join(p.name for p in written[1:])})" if len(written) > 1 else ""
     colours = "vertex colours, seams merged (watertight)" if args.merge_seams else \

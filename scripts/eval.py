@@ -128,19 +128,17 @@ def run(args: EvalArgs) -> dict:
 def main() -> int:
     import tyro
 
-    from core.datasets.folder import FolderDatasetError
-    from core.outputs import OutputError
-    from core.weights import WeightsError
+    from core import errors
 
     args = tyro.cli(EvalArgs, description=__doc__)
-    try:
+
+    def evaluate() -> int:
         summary = run(args)
-    except (FolderDatasetError, WeightsError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(markdown_table(summary))
-    print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'metrics.md'}")
-    return 0
+        print(markdown_table(summary))
+        print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'metrics.md'}")
+        return 0
+
+    return errors.run(evaluate, "eval.py")
 
 
 if __name__ == "__main__":

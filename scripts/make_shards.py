@@ -53,32 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
-    from core.options import AllConfigs, OptionsError
-    from core.datasets.folder import FolderDatasetError
+    from core import errors
+    from core.options import AllConfigs
 
     args, rest = build_parser().parse_known_args(argv)
     if not rest:
         build_parser().print_usage(sys.stderr)
-        print("error: give a preset and the data options, e.g. small --dataset folder --data_root data/renders", file=sys.stderr)
+        errors.show("give a preset and the data options, e.g. small --dataset folder --data_root data/renders", "make_shards.py")
         return 2
-    try:
-        opt = tyro.cli(AllConfigs, args=rest)
-    except OptionsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if opt.dataset == "shards":
-        print("error: --dataset shards is already sharded; convert its source instead", file=sys.stderr)
-        return 2
+    opt = tyro.cli(AllConfigs, args=rest)  # bad options: tyro's one-screen message, exit code 2
+    return errors.run(lambda: convert(args, opt), "make_shards.py")
 
+
+def convert(args, opt) -> int:
+    """Write the shards of ``opt``'s datasets as ``args`` say; errors are core.errors.UserError."""
+    from core.datasets.common import DatasetError
     from core.datasets.shards import write_shards
     from core.training import build_datasets
 
+    if opt.dataset == "shards":
+        raise DatasetError("--dataset shards is already sharded; convert its source instead")
     t0 = time.time()
-    try:
-        train, evals = build_datasets(opt)
-    except FolderDatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    train, evals = build_datasets(opt)
     print(f"[shards] {len(train)} training and {len(evals)} held-out objects of --dataset {opt.dataset} -> {args.output}")
     index = write_shards(train, evals, args.output, prefix=args.prefix, samples_per_shard=args.samples_per_shard,
                          max_shard_bytes=args.max_shard_mb * 1e6, seed=opt.seed, check_images=args.check_images)

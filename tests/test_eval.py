@@ -95,3 +95,14 @@ def test_a_nan_pose_is_the_reason_given_for_its_skipped_object(tmp_path, eval_sc
     assert "NaN" in skipped["reason"]
     assert "NaN" in (tmp_path / "out" / "metrics.md").read_text()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["skipped"] == summary["skipped"]
+
+
+def test_options_it_cannot_use_are_one_screen_not_a_traceback(tmp_path, eval_script, micro_checkpoint, monkeypatch, capsys):
+    """eval.py builds its Options inside the run: a wrong --input-view-ids used to end in a traceback."""
+    data = tmp_path / "data"
+    write_object(data, "obj_a")
+    monkeypatch.setattr(sys, "argv", ["eval.py", "--checkpoint", str(micro_checkpoint), "--data-root", str(data),
+                                      "--preset", "micro", "--input-view-ids", "0", "1", "--output", str(tmp_path / "out")])
+    assert eval_script.main() == 2
+    err = capsys.readouterr().err
+    assert "eval.py: error:" in err and "input_view_ids" in err and "Traceback" not in err

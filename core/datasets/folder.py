@@ -33,7 +33,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -41,18 +41,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from core.cameras import blender_to_opengl, scale_to_radius, zup_to_yup
-from core.datasets.common import make_item
-from core.images import ImageReadError, read_image
+from core.datasets.common import DatasetError, RawFile, RawObject, make_item, sample_generator
+from core.images import ImageReadError, read_image, resample_rgba, rgba_tensor
 from core.options import Options
 
 
-class FolderDatasetError(ValueError):
-    pass
+class FolderDatasetError(DatasetError):
+    """A folder dataset that cannot be used."""
 
 
 @dataclass
 class View:
-    image: Path
+    image: Union[Path, bytes]  # the image file, or its bytes (objects read from shards)
     c2w: Optional[Tensor]  # [4, 4] OpenGL camera axes, our y-up world, unscaled; None when unusable
     problem: Optional[str] = None  # why the view cannot be used (bad pose, missing file)
 
@@ -190,6 +190,86 @@ def list_uids(root: Path, data_list: Optional[str]) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
+class FolderItems:
+    """Turns an :class:`ObjectRecord` into a training sample: view choice, reading (a bad
+    supervision view replaced by another), ``make_item``.
+
+    Used by :class:`FolderDataset` and by the shards reader (objects converted to shards, their
+    images as bytes), so one object gives the same sample from either. Depends only on the options,
+    the split, the epoch (for training randomness) and the object's index. ``warn``: say which
+    images cannot be read (the first few); they are counted in ``counts['bad_views']`` either way.
+    """
+
+    def __init__(self, opt: Options, split: str, all_views: bool = False, warn: bool = False):
+        if split not in ("train", "eval", "all"):
+            raise ValueError(f"split must be train, eval or all, not {split!r}")
+        self.opt, self.split, self.all_views, self.warn, self.epoch = opt, split, all_views, warn, 0
+        self.counts = {"bad_views": 0, "skipped_objects": 0}
+        self._unreadable_reported = 0
+
+    def choose_views(self, rec: ObjectRecord, index: int) -> list[int]:
+        """Input view ids first, then usable supervision views (random for training, file order otherwise)."""
+        inputs = input_ids(self.opt)
+        rest = rec.usable(i for i in range(len(rec.views)) if i not in inputs)
+        if self.split == "train":
+            g = sample_generator(self.opt.seed, self.epoch, index, 1)
+            rest = [rest[i] for i in torch.randperm(len(rest), generator=g).tolist()]
+        if self.all_views:
+            return inputs + rest
+        need = self.opt.num_views - len(inputs)
+        others = (rest * (need // max(len(rest), 1) + 1))[:need]  # repeat views when an object has few
+        return inputs + others
+
+    def make(self, rec: ObjectRecord, index: int) -> Optional[dict]:
+        """The sample of ``rec`` (item ``index`` of the split), or None when one of its input images
+        cannot be read. An unreadable supervision view is replaced by an unused one (training), or by
+        repeating a good one when none is left; with ``all_views`` it is left out."""
+        ids = self.choose_views(rec, index)
+        n_in = self.opt.num_input_views
+        spare = [i for i in rec.usable(range(len(rec.views))) if i not in ids]
+        images, poses = [], []
+        for k, vid in enumerate(ids):
+            img = self.read(rec.views[vid])
+            while img is None and k >= n_in and spare and not self.all_views:
+                vid = spare.pop()
+                img = self.read(rec.views[vid])
+            if img is None and k < n_in:
+                return None
+            if img is None and self.all_views:
+                continue
+            if img is None:  # none left: repeat a good supervision view (or the last input)
+                img, pose = images[-1], poses[-1]
+            else:
+                pose = rec.views[vid].c2w
+            images.append(img)
+            poses.append(pose)
+        size = max(self.opt.input_size, self.opt.output_size)
+        rgba = torch.stack([_to_rgba(im, size) for im in images])  # [V, 4, S, S]
+        c2w = torch.stack(poses)  # [V, 4, 4]
+        c2w = scale_to_radius(c2w, self.opt.cam_radius)
+        rng = sample_generator(self.opt.seed, self.epoch, index, 2) if self.split == "train" else None
+        item = make_item(rgba, c2w, self.opt, rng)
+        item["uid"] = rec.uid
+        return item
+
+    def read(self, view: View) -> Optional[np.ndarray]:
+        """The view's image, or None (counted; with ``warn``, the first few are reported) when unreadable."""
+        try:
+            return read_image(view.image)
+        except ImageReadError as e:
+            self.counts["bad_views"] += 1
+            self._unreadable_reported += 1
+            if self.warn and self._unreadable_reported <= 3:
+                more = " (further unreadable views are counted, not listed)" if self._unreadable_reported == 3 else ""
+                warnings.warn(f"folder dataset: {e}{more}")
+            return None
+
+    def check_fovy(self, uid: str, fovy: Optional[float]) -> None:
+        """Warn when an object was rendered with another field of view than the model's."""
+        if fovy is not None and abs(fovy - self.opt.fovy) > 0.5:
+            warnings.warn(f"object {uid} was rendered with fovy {fovy:.1f}, the model uses {self.opt.fovy}")
+
+
 class FolderDataset(Dataset):
     """Posed renders on disk.
 
@@ -205,24 +285,20 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, opt: Options, split: str = "train", all_views: bool = False):
-        if not opt.data_root:
-            raise FolderDatasetError("--dataset folder needs --data_root DIR (see README: 'Train on your own meshes')")
-        root = Path(opt.data_root).expanduser()
+        root = Path(opt.data_root).expanduser()  # Options checks that --dataset folder has a data_root
         if not root.is_dir():
             raise FolderDatasetError(f"data_root is not a folder: {root}")
-        if split not in ("train", "eval", "all"):
-            raise ValueError(f"split must be train, eval or all, not {split!r}")
-        self.opt, self.split, self.root, self.epoch, self.all_views = opt, split, root, 0, all_views
-        n_in = opt.num_input_views
-        if opt.input_view_ids is not None and len(opt.input_view_ids) != n_in:
-            raise FolderDatasetError(f"input_view_ids needs {n_in} indices, got {opt.input_view_ids}")
+        self.items = FolderItems(opt, split, all_views, warn=True)
+        self.opt, self.split, self.root = opt, split, root
+        self.counts = self.items.counts  # bad_views, skipped_objects and problems (see scan_objects)
+        self.counts["problems"] = []
         self.skipped: list[tuple[str, str]] = []
-        self._unreadable_reported = 0
         if split == "eval" and opt.num_eval_objects <= 0:  # --num_eval_objects 0: no evaluation, nothing to read
-            self.records, self.counts = [], {"bad_views": 0, "skipped_objects": 0, "problems": []}
+            self.records = []
             return
         uids = list_uids(root, opt.data_list)
-        records, self.counts = scan_objects(root, uids, opt)
+        records, report = scan_objects(root, uids, opt)
+        self.counts.update(report)
         if split != "eval":  # the eval split scans the same folder: report once, from the other one
             report_problems(self.counts, root)
         if not records:
@@ -249,15 +325,14 @@ class FolderDataset(Dataset):
         if split != "train":
             self._drop_unreadable_inputs()
         for rec in self.records:
-            if rec.fovy is not None and abs(rec.fovy - opt.fovy) > 0.5:
-                warnings.warn(f"object {rec.uid} was rendered with fovy {rec.fovy:.1f}, the model uses {opt.fovy}")
+            self.items.check_fovy(rec.uid, rec.fovy)
 
     def _drop_unreadable_inputs(self) -> None:
         """Evaluation: an object whose input image cannot be read is listed as skipped, never
         replaced by another object (its scores would be filed under the wrong name)."""
         kept = []
         for rec in self.records:
-            bad = next((rec.views[i].image for i in input_ids(self.opt) if self._read(rec.views[i]) is None), None)
+            bad = next((rec.views[i].image for i in input_ids(self.opt) if self.items.read(rec.views[i]) is None), None)
             if bad is None:
                 kept.append(rec)
             else:
@@ -271,90 +346,45 @@ class FolderDataset(Dataset):
         return len(self.records)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _generator(self, index: int, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed(((self.opt.seed * 1_000_003 + self.epoch) * 1_000_003 + index) * 7 + salt)
-
-    def _choose_views(self, rec: ObjectRecord, index: int) -> list[int]:
-        """Input view ids first, then usable supervision views (random for training, file order otherwise)."""
-        inputs = input_ids(self.opt)
-        rest = rec.usable(i for i in range(len(rec.views)) if i not in inputs)
-        if self.split == "train":
-            rest = [rest[i] for i in torch.randperm(len(rest), generator=self._generator(index, 1)).tolist()]
-        if self.all_views:
-            return inputs + rest
-        need = self.opt.num_views - len(inputs)
-        others = (rest * (need // max(len(rest), 1) + 1))[:need]  # repeat views when an object has few
-        return inputs + others
+        self.items.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
         if self.split != "train":  # no stand-ins in evaluation
-            item = self._load(self.records[index], index)
+            item = self.items.make(self.records[index], index)
             if item is None:
                 raise FolderDatasetError(f"object {self.records[index].uid}: an input view became unreadable")
             return item
         for attempt in range(len(self.records)):
             k = (index + attempt) % len(self.records)
-            item = self._load(self.records[k], k)
+            item = self.items.make(self.records[k], k)
             if item is not None:
                 return item
         raise FolderDatasetError(f"every object under {self.root} has unreadable input views")
 
-    def _load(self, rec: ObjectRecord, index: int) -> Optional[dict]:
-        """The item of one object, or None when one of its input images cannot be read. An
-        unreadable supervision view is replaced by an unused one (training), or by repeating a
-        good one when none is left; with ``all_views`` it is left out."""
-        ids = self._choose_views(rec, index)
-        n_in = self.opt.num_input_views
-        spare = [i for i in rec.usable(range(len(rec.views))) if i not in ids]
-        images, poses = [], []
-        for k, vid in enumerate(ids):
-            img = self._read(rec.views[vid])
-            while img is None and k >= n_in and spare and not self.all_views:
-                vid = spare.pop()
-                img = self._read(rec.views[vid])
-            if img is None and k < n_in:
-                return None
-            if img is None and self.all_views:
-                continue
-            if img is None:  # none left: repeat a good supervision view (or the last input)
-                img, pose = images[-1], poses[-1]
-            else:
-                pose = rec.views[vid].c2w
-            images.append(img)
-            poses.append(pose)
-        size = max(self.opt.input_size, self.opt.output_size)
-        rgba = torch.stack([_to_rgba(im, size) for im in images])  # [V, 4, S, S]
-        c2w = torch.stack(poses)  # [V, 4, 4]
-        c2w = scale_to_radius(c2w, self.opt.cam_radius)
-        rng = self._generator(index, 2) if self.split == "train" else None
-        item = make_item(rgba, c2w, self.opt, rng)
-        item["uid"] = rec.uid
-        return item
+    def raw_object(self, index: int) -> RawObject:
+        """Object ``index`` as a shard stores it: every view slot (a view the dataset cannot use,
+        with a bad pose or no file, is stored empty, its pose NaN) and the image files byte for byte."""
+        rec = self.records[index]
+        names = [f"{k:03d}{v.image.suffix.lower() or '.png'}" for k, v in enumerate(rec.views)]
+        nan = torch.full((4, 4), float("nan"))
+        cams = torch.stack([nan if v.c2w is None else v.c2w for v in rec.views]).numpy().astype(np.float32)
+        files = [_raw_file(name, view) for name, view in zip(names, rec.views)]
+        meta = dict(source="folder", uid=rec.uid, fovy=rec.fovy, images=names, problems=[v.problem for v in rec.views])
+        return RawObject(meta, {"cams": cams}, files)
 
-    def _read(self, view: View) -> Optional[np.ndarray]:
-        """The view's image, or None (counted; the first few paths are reported) when unreadable."""
-        try:
-            return read_image(view.image)
-        except ImageReadError as e:
-            self.counts["bad_views"] += 1
-            self._unreadable_reported += 1
-            if self._unreadable_reported <= 3:
-                more = " (further unreadable views are counted, not listed)" if self._unreadable_reported == 3 else ""
-                warnings.warn(f"folder dataset: {e}{more}")
-            return None
+
+def _raw_file(name: str, view: View) -> RawFile:
+    if view.problem is not None:
+        return RawFile(name, b"", str(view.image), unusable=True)
+    try:
+        return RawFile(name, view.image.read_bytes(), str(view.image))
+    except OSError as e:  # stored empty: decoded later as unreadable, like the missing file
+        return RawFile(name, b"", str(view.image), unreadable=f"cannot be read ({e.strerror or type(e).__name__})")
 
 
 def _to_rgba(img: np.ndarray, size: int) -> Tensor:
     """[H, W, 3|4] float -> [4, size, size] (opaque when there is no alpha)."""
-    t = torch.from_numpy(img).permute(2, 0, 1)
-    if t.shape[0] == 3:
-        t = torch.cat([t, torch.ones_like(t[:1])], dim=0)
+    t = rgba_tensor(img)
     if t.shape[-1] != size or t.shape[-2] != size:
-        # resize premultiplied colour so transparent pixels' colours do not bleed into the edges
-        pre = torch.cat([t[:3] * t[3:], t[3:]], dim=0)[None]
-        pre = torch.nn.functional.interpolate(pre, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        alpha = pre[3:].clamp(0, 1)
-        t = torch.cat([pre[:3] / alpha.clamp_min(1e-6) * (alpha > 0), alpha], dim=0)
+        return resample_rgba(t, (size, size))
     return t.clamp(0, 1)

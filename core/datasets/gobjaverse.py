@@ -77,7 +77,6 @@ import math
 import os
 import re
 import tarfile
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,14 +84,12 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from core.cameras import blender_to_opengl, scale_to_radius
-from core.datasets.common import make_item
-from core.datasets.folder import FolderDatasetError
-from core.images import read_image
+from core.datasets.common import DatasetError, RawFile, RawObject, make_item, sample_generator
+from core.images import read_image, resample_rgba, rgba_tensor
 from core.options import Options
 
 CAMPOS_DIR = "campos_512_v4"
@@ -124,8 +121,8 @@ LAYOUTS = {  # layout: (what one object is, the path it has)
 }
 
 
-class GobjaverseError(FolderDatasetError):
-    """A G-Objaverse root or object that cannot be used (reported by entry points like folder-dataset errors)."""
+class GobjaverseError(DatasetError):
+    """A G-Objaverse root or object that cannot be used."""
 
 
 # ---------------------------------------------------------------------------------- cameras
@@ -223,16 +220,6 @@ def orbit_quadruples(
 
 
 # ---------------------------------------------------------------------------------- images
-def read_image_bytes(data: bytes, name: str = "image.png") -> np.ndarray:
-    """Decode an image held in memory exactly as :func:`core.images.read_image` decodes its file
-    (through a temporary file, so both paths share one decoder). -> float32 [H, W, 3|4] in [0, 1]"""
-    tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".png", dir=tmp_dir) as f:
-        f.write(data)
-        f.flush()
-        return read_image(f.name)
-
-
 def resample_to_fov(img: np.ndarray, fov_x: float, fov_y: float, fovy: float, size: int) -> Tensor:
     """Re-project a pinhole image (principal point at its centre) to a square image of vertical
     and horizontal field of view ``fovy`` (degrees) and side ``size``.
@@ -240,32 +227,24 @@ def resample_to_fov(img: np.ndarray, fov_x: float, fov_y: float, fovy: float, si
     A ray at angle t off the optical axis lands at normalized image coordinate tan(t) / tan(fov / 2),
     so output pixel centres v in (-1, 1) sample the source at v * tan(fovy / 2) / tan(fov / 2):
     a wider target field of view shrinks the picture inside a transparent border, a narrower one
-    crops it. Colour is resampled premultiplied by alpha (antialiased downscale to the picture's
-    footprint, then bilinear ``grid_sample`` with ``align_corners=False``, the pixel-centre
-    convention of ``core.cameras``). Equal fields of view reduce to a plain resize.
+    crops it. Colour is resampled premultiplied by alpha (:func:`core.images.resample_rgba`:
+    antialiased downscale to the picture's footprint, then bilinear ``grid_sample`` with
+    ``align_corners=False``, the pixel-centre convention of ``core.cameras``). Equal fields of view
+    reduce to a plain resize.
 
     img: [H, W, 3|4] float in [0, 1] -> rgba [4, size, size] (straight alpha; RGB 0 where alpha is 0)
     """
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()  # [C, H, W]
-    if t.shape[0] == 3:
-        t = torch.cat([t, torch.ones_like(t[:1])], dim=0)
-    pre = torch.cat([t[:3] * t[3:], t[3:]], dim=0)[None]  # [1, 4, H, W] premultiplied
+    t = rgba_tensor(img)  # [4, H, W]
     kx = math.tan(math.radians(fovy) / 2) / math.tan(math.radians(fov_x) / 2)
     ky = math.tan(math.radians(fovy) / 2) / math.tan(math.radians(fov_y) / 2)
     foot_w, foot_h = max(1, round(size / kx)), max(1, round(size / ky))  # the source's footprint, pixels
-    h, w = pre.shape[-2:]
-    if foot_w < w or foot_h < h:
-        pre = F.interpolate(pre, size=(min(foot_h, h), min(foot_w, w)), mode="bilinear", antialias=True, align_corners=False)
-    if abs(kx - 1) < 1e-9 and abs(ky - 1) < 1e-9 and pre.shape[-2:] == (size, size):
-        out = pre
-    else:
-        v = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # [size] output pixel centres
-        gy, gx = torch.meshgrid(v * ky, v * kx, indexing="ij")  # [size, size] each
-        grid = torch.stack([gx, gy], dim=-1)[None]  # [1, size, size, 2], x first
-        out = F.grid_sample(pre, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    alpha = out[0, 3:].clamp(0, 1)  # [1, size, size]
-    rgb = out[0, :3] / alpha.clamp_min(1e-6) * (alpha > 0)
-    return torch.cat([rgb, alpha], dim=0).clamp(0, 1)
+    h, w = t.shape[-2:]
+    footprint = (min(foot_h, h), min(foot_w, w))  # never upscaled before the grid sampling
+    if abs(kx - 1) < 1e-9 and abs(ky - 1) < 1e-9 and footprint == (size, size):
+        return resample_rgba(t, footprint)
+    v = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # [size] output pixel centres
+    gy, gx = torch.meshgrid(v * ky, v * kx, indexing="ij")  # [size, size] each
+    return resample_rgba(t, footprint, torch.stack([gx, gy], dim=-1))  # grid [size, size, 2], x first
 
 
 # ---------------------------------------------------------------------------------- objects
@@ -451,13 +430,8 @@ class GobjaverseItems:
     def __init__(self, opt: Options, split: str):
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
-        if opt.input_view_ids is not None and len(opt.input_view_ids) != opt.num_input_views:
-            raise GobjaverseError(f"input_view_ids needs {opt.num_input_views} view numbers, got {opt.input_view_ids}")
         self.opt, self.split, self.epoch = opt, split, 0
         self.counts = {"bad_views": 0, "skipped_objects": 0}
-
-    def _generator(self, index: int, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed(((self.opt.seed * 1_000_003 + self.epoch) * 1_000_003 + index) * 7 + salt)
 
     def input_candidates(self, obj: GObject) -> tuple[list[tuple[int, ...]], Optional[str]]:
         """(possible input view tuples as positions in ``obj.views``, None) or ([], why the object
@@ -490,7 +464,9 @@ class GobjaverseItems:
         quads, why = self.input_candidates(obj)
         if why is not None:
             return None, why
-        pick = 0 if self.split == "eval" else int(torch.randint(len(quads), (1,), generator=self._generator(index, 1)))
+        pick = 0
+        if self.split != "eval":
+            pick = int(torch.randint(len(quads), (1,), generator=sample_generator(self.opt.seed, self.epoch, index, 1)))
         inputs = list(quads[pick])
         c2w = torch.stack([v.c2w for v in obj.views])  # [N, 4, 4]
         pos = c2w[:, :3, 3]
@@ -499,7 +475,8 @@ class GobjaverseItems:
         if not rest:
             rest = [i for i in range(len(obj.views)) if i not in inputs]
         if self.split == "train":
-            rest = [rest[i] for i in torch.randperm(len(rest), generator=self._generator(index, 2)).tolist()]
+            g = sample_generator(self.opt.seed, self.epoch, index, 2)
+            rest = [rest[i] for i in torch.randperm(len(rest), generator=g).tolist()]
         need = self.opt.num_views - self.opt.num_input_views
         others = (rest * (need // len(rest) + 1))[:need]  # repeat views when an object has few
         return (inputs + others, rest[need:]), None
@@ -530,7 +507,7 @@ class GobjaverseItems:
         rgba = torch.stack(images)  # [V, 4, S, S]
         c2w = torch.stack([v.c2w for v in views])  # [V, 4, 4]
         c2w = scale_to_radius(c2w, self.opt.cam_radius)
-        rng = self._generator(index, 3) if self.split == "train" else None
+        rng = sample_generator(self.opt.seed, self.epoch, index, 3) if self.split == "train" else None
         item = make_item(rgba, c2w, self.opt, rng)
         item["uid"] = obj.uid
         return item, None
@@ -546,9 +523,7 @@ class GobjaverseItems:
 
     def _read(self, view: GView) -> Optional[np.ndarray]:
         try:
-            if isinstance(view.image, Path):
-                return read_image(view.image)
-            return read_image_bytes(view.image_bytes())
+            return read_image(view.image_bytes())
         except Exception:  # missing, truncated or corrupt file: count and skip
             self.counts["bad_views"] += 1
             return None
@@ -580,9 +555,7 @@ class GobjaverseDataset(Dataset):
     """
 
     def __init__(self, opt: Options, split: str = "train"):
-        if not opt.data_root:
-            raise GobjaverseError("--dataset gobjaverse needs --data_root ROOT (the folder holding <group>/<uid>[.tar])")
-        root = Path(opt.data_root).expanduser()
+        root = Path(opt.data_root).expanduser()  # Options checks that --dataset gobjaverse has a data_root
         if not root.is_dir():
             raise GobjaverseError(f"data_root is not a folder: {root}")
         self.root, self.opt = root, opt
@@ -706,6 +679,21 @@ class GobjaverseDataset(Dataset):
         with self.object(index) as obj:
             choice = self.items.choose_views(obj, index)
             return None if choice is None else [obj.views[i].vid for i in choice[0]]
+
+    def raw_object(self, index: int) -> Optional[RawObject]:
+        """Object ``index`` as a shard stores it: its cameras and image files byte for byte; None,
+        with a warning, when its files cannot be opened at all (the dataset would skip it too)."""
+        try:
+            with self.object(index) as obj:
+                names = [f"{v.vid:05d}.png" for v in obj.views]
+                images = [v.image_bytes() for v in obj.views]
+        except Exception as e:  # a broken tar or folder
+            warnings.warn(f"skipping object {self.sources[index].uid}: {e}")
+            return None
+        arrays = {"cams": torch.stack([v.c2w for v in obj.views]).numpy().astype(np.float32),
+                  "fovs": np.array([v.fov for v in obj.views], dtype=np.float32)}
+        files = [RawFile(name, data, f"{obj.uid} view {name}") for name, data in zip(names, images)]
+        return RawObject(dict(source="gobjaverse", uid=obj.uid, images=names, vids=[v.vid for v in obj.views]), arrays, files)
 
     def _make(self, index: int) -> tuple[Optional[dict], Optional[str]]:
         try:

@@ -46,17 +46,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from core.datasets.folder import FolderDataset, FolderDatasetError, ObjectRecord, View
-from core.datasets.gobjaverse import GObject, GobjaverseItems, GView, read_image_bytes
-from core.images import ImageReadError
+from core.datasets.common import DatasetError, sample_generator
+from core.datasets.folder import FolderItems, ObjectRecord, View
+from core.datasets.gobjaverse import GObject, GobjaverseItems, GView
+from core.datasets.synthetic import SyntheticDataset
+from core.images import ImageReadError, read_image
 from core.options import Options
 
 SHARD_FORMAT = 1
 INDEX_SUFFIX = ".index.json"
 
 
-class ShardsError(FolderDatasetError):
-    """Shards that cannot be used (reported by entry points like folder-dataset errors)."""
+class ShardsError(DatasetError):
+    """Shards that cannot be used."""
 
 
 # ---------------------------------------------------------------------------------- encoding
@@ -87,78 +89,44 @@ def _bad_view(counts: dict, where: str, why: str) -> None:
         counts["bad_view_examples"].append(f"{where}: {why}")
 
 
-def _read_or_empty(path: Path, counts: dict) -> bytes:
-    """A view file's bytes; b'' (decoded later as unreadable, like the missing file) when it cannot be read."""
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        _bad_view(counts, str(path), f"cannot be read ({e.strerror or type(e).__name__})")
-        return b""
-
-
 def _check_image(data: bytes, name: str, where: str, counts: dict) -> None:
     """Count ``data`` as a bad view when the readers of the shards cannot decode it: the decoder the
-    shards' readers use (read_image_bytes), so the count says what training will meet."""
+    shards' readers use (read_image on bytes), so the count says what training will meet."""
     if not data:  # already counted as unreadable from disk
         return
     try:
-        read_image_bytes(data, name)
+        read_image(data, name)
     except Exception as e:  # ImageReadError, and whatever a broken file makes the decoder raise
         _bad_view(counts, where, str(e).split(": ", 1)[-1] if isinstance(e, ImageReadError) else f"{type(e).__name__}: {e}")
 
 
 def object_sample(dataset, index: int, counts: dict, check_images: bool = True) -> Optional[dict]:
-    """Object ``index`` of a folder, G-Objaverse or synthetic dataset (one split) as a shard sample.
+    """Object ``index`` of a dataset split (folder, G-Objaverse, synthetic: any dataset with a
+    ``raw_object(index)``) as a shard sample.
 
     Image files are copied byte for byte (unreadable ones stay unreadable, so the shard gives the
-    same samples as the source, bad views included); a G-Objaverse object whose files cannot be
-    opened at all is skipped (None) with a warning, as the source would skip it. ``counts`` (see
-    :func:`new_counts`) is updated; with ``check_images`` every copied image is decoded once, so
-    that ``bad_views`` counts the unreadable ones (without, only files that cannot be read from disk).
+    same samples as the source, bad views included); an object whose files cannot be opened at all
+    is skipped (None), as the source would skip it. ``counts`` (see :func:`new_counts`) is updated;
+    with ``check_images`` every copied image is decoded once, so that ``bad_views`` counts the
+    unreadable ones (without, only files that cannot be read from disk).
     """
-    from core.datasets.gobjaverse import GobjaverseDataset
-    from core.datasets.synthetic import SyntheticDataset, render_object
-
-    meta = {"format": SHARD_FORMAT, "index": index, "split": dataset.split}
-    sample = {"__key__": f"{index:09d}"}
-    if isinstance(dataset, FolderDataset):
-        rec = dataset.records[index]  # every view slot, broken ones too (their problem is kept)
-        names = [f"{k:03d}{v.image.suffix.lower() or '.png'}" for k, v in enumerate(rec.views)]
-        meta.update(source="folder", uid=rec.uid, fovy=rec.fovy, images=names, problems=[v.problem for v in rec.views])
-        nan = torch.full((4, 4), float("nan"))
-        sample["cams.npy"] = _npy(torch.stack([nan if v.c2w is None else v.c2w for v in rec.views]).numpy().astype(np.float32))
-        for name, view in zip(names, rec.views):
-            if view.problem is not None:
-                counts["unusable_views"] += 1
-                sample[name] = b""
-                continue
-            sample[name] = _read_or_empty(view.image, counts)
-            if check_images:
-                _check_image(sample[name], name, str(view.image), counts)
-    elif isinstance(dataset, GobjaverseDataset):
-        try:
-            with dataset.object(index) as obj:
-                names = [f"{v.vid:05d}.png" for v in obj.views]
-                images = [v.image_bytes() for v in obj.views]
-        except Exception as e:  # a broken tar or folder
-            warnings.warn(f"skipping object {dataset.sources[index].uid}: {e}")
-            counts["skipped_objects"] += 1
-            return None
-        if check_images:
-            for name, data in zip(names, images):
-                _check_image(data, name, f"{obj.uid} view {name}", counts)
-        meta.update(source="gobjaverse", uid=obj.uid, images=names, vids=[v.vid for v in obj.views])
-        sample["cams.npy"] = _npy(torch.stack([v.c2w for v in obj.views]).numpy().astype(np.float32))
-        sample["fovs.npy"] = _npy(np.array([v.fov for v in obj.views], dtype=np.float32))
-        sample.update(zip(names, images))
-    elif isinstance(dataset, SyntheticDataset):
-        spec, c2w = dataset.object_and_cameras(index)
-        rgba = render_object(spec, c2w, dataset.size, dataset.opt.fovy)  # [V, 4, S, S]
-        meta.update(source="synthetic", uid=f"synthetic-{dataset.split}-{index:06d}", fovy=dataset.opt.fovy)
-        sample["cams.npy"] = _npy(c2w.numpy().astype(np.float32))
-        sample["rgba.npy"] = _npy(rgba.numpy())
-    else:
+    if not hasattr(dataset, "raw_object"):
         raise ShardsError(f"cannot convert a {type(dataset).__name__} to shards (folder, gobjaverse or synthetic)")
+    raw = dataset.raw_object(index)
+    if raw is None:
+        counts["skipped_objects"] += 1
+        return None
+    sample = {"__key__": f"{index:09d}"}
+    sample.update((f"{name}.npy", _npy(array)) for name, array in raw.arrays.items())
+    for f in raw.files:
+        if f.unusable:
+            counts["unusable_views"] += 1
+        elif f.unreadable is not None:
+            _bad_view(counts, f.where, f.unreadable)
+        elif check_images:
+            _check_image(f.data, f.name, f.where, counts)
+        sample[f.name] = f.data
+    meta = {"format": SHARD_FORMAT, "index": index, "split": dataset.split, **raw.meta}
     sample["meta.json"] = json.dumps(meta).encode()
     return sample
 
@@ -289,7 +257,7 @@ def epoch_plan(counts: list[int], seed: int, epoch: int, slots: int, batch_size:
     [s q, (s + 1) q) of that sequence, q = N // (slots * batch_size) * batch_size. Returns
     ([[(shard index, first, end), ...] per slot], q), first/end counting samples within a shard.
     """
-    order = torch.randperm(len(counts), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    order = torch.randperm(len(counts), generator=sample_generator(seed, epoch)).tolist()
     total = sum(counts)
     q = total // (slots * batch_size) * batch_size
     starts, pos = [], 0
@@ -308,51 +276,19 @@ def epoch_plan(counts: list[int], seed: int, epoch: int, slots: int, batch_size:
 
 
 # ---------------------------------------------------------------------------------- samples
-class _NamedBytes(bytes):
-    """A file's bytes that print as its name (FolderDataset's warnings name the view's image)."""
-
-    def __new__(cls, data: bytes, name: str):
-        obj = super().__new__(cls, data)
-        obj.name = name
-        return obj
-
-    def __format__(self, spec: str) -> str:
-        return self.name
-
-    __str__ = __repr__ = lambda self: self.name
-
-
-class _FolderItems(FolderDataset):
-    """FolderDataset's own sample building (view choice, bad-view replacement, augmentations) on
-    objects held in memory: the folder dataset and its shards give the same samples."""
-
-    def __init__(self, opt: Options, split: str):  # no scan: objects come from shards
-        self.opt, self.split, self.epoch, self.all_views = opt, split, 0, False
-        self.counts = {"bad_views": 0, "skipped_objects": 0}
-
-    def _read(self, view: View) -> Optional[np.ndarray]:
-        try:
-            return read_image_bytes(view.image, view.image.name)
-        except Exception:
-            self.counts["bad_views"] += 1
-            return None
-
-    def build(self, uid: str, views: list, index: int) -> Optional[dict]:
-        return self._load(ObjectRecord(uid, views), index)
-
-
 class SampleBuilder:
     """Shard sample -> training sample, with the source dataset's own rules (see module doc)."""
 
     def __init__(self, opt: Options, split: str):
         self.opt, self.split = opt, split
-        self.folder = _FolderItems(opt, split)
+        self.folder = FolderItems(opt, split)
         self.gobjaverse = GobjaverseItems(opt, split)
-        self.epoch = 0
+        self.synthetic = SyntheticDataset(opt, split)
         self._warned = set()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = self.folder.epoch = self.gobjaverse.epoch = int(epoch)
+        self.folder.epoch = self.gobjaverse.epoch = int(epoch)
+        self.synthetic.set_epoch(epoch)
 
     def build(self, sample: dict) -> Optional[dict]:
         meta = json.loads(sample["meta.json"])
@@ -361,13 +297,12 @@ class SampleBuilder:
         cams = torch.from_numpy(_from_npy(sample["cams.npy"]).astype(np.float32))  # [N, 4, 4]
         source, uid, index = meta["source"], meta["uid"], int(meta["index"])
         if source == "folder":
-            fovy = meta.get("fovy")
-            if fovy is not None and abs(fovy - self.opt.fovy) > 0.5 and uid not in self._warned:
+            if uid not in self._warned:
                 self._warned.add(uid)
-                warnings.warn(f"object {uid} was rendered with fovy {fovy:.1f}, the model uses {self.opt.fovy}")
+                self.folder.check_fovy(uid, meta.get("fovy"))
             problems = meta.get("problems") or [None] * len(meta["images"])
-            views = [View(_NamedBytes(sample[n.lower()], n), None if why else cams[k], why) for k, (n, why) in enumerate(zip(meta["images"], problems))]
-            return self.folder.build(uid, views, index)
+            views = [View(sample[n.lower()], None if why else cams[k], why) for k, (n, why) in enumerate(zip(meta["images"], problems))]
+            return self.folder.make(ObjectRecord(uid, views), index)
         if source == "gobjaverse":
             fovs = _from_npy(sample["fovs.npy"]).tolist()
             views = [GView(vid, cams[k], tuple(fovs[k]), sample[n.lower()]) for k, (vid, n) in enumerate(zip(meta["vids"], meta["images"]))]
@@ -378,19 +313,12 @@ class SampleBuilder:
 
     def _synthetic(self, uid: str, index: int, rgba: Tensor, c2w: Tensor, meta: dict) -> dict:
         """What SyntheticDataset.__getitem__ makes of its rendered views (same seeds, one thread)."""
-        from core.datasets.common import make_item
-        from core.datasets.synthetic import _mix_seed, _one_thread
-
         if rgba.shape[0] != self.opt.num_views or abs(meta.get("fovy", self.opt.fovy) - self.opt.fovy) > 1e-6:
             raise ShardsError(
                 f"{uid}: synthetic shards hold {rgba.shape[0]} views at fovy {meta.get('fovy')}; this run wants "
                 f"--num_views {self.opt.num_views} at --fovy {self.opt.fovy}: convert again with these options"
             )
-        rng = torch.Generator().manual_seed(_mix_seed(self.opt.seed, self.epoch, index)) if self.split == "train" else None
-        with _one_thread():
-            item = make_item(rgba, c2w, self.opt, rng)
-        item["uid"] = uid
-        return item
+        return self.synthetic.make(rgba, c2w, index, uid)
 
 
 def _iter_shard(url: str, first: int, end: int) -> Iterator[dict]:
@@ -435,9 +363,7 @@ class ShardsDataset(IterableDataset):
     ``len()`` is this process's samples per epoch. Call :meth:`set_epoch` every epoch."""
 
     def __init__(self, opt: Options, rank: Optional[int] = None, world_size: Optional[int] = None):
-        if not opt.data_root:
-            raise ShardsError("--dataset shards needs --data_root 'DIR/shards-{000000..000099}.tar' (or DIR); see scripts/make_shards.py")
-        self.opt = opt
+        self.opt = opt  # Options checks that --dataset shards has a data_root
         self.shards, self.eval_shards = resolve_shards(opt.data_root)
         if rank is None or world_size is None:
             dist = torch.distributed
@@ -486,7 +412,7 @@ class ShardsDataset(IterableDataset):
         slot = self.rank * workers + worker
         plans, q = epoch_plan([s.count for s in self.shards], self.opt.seed, self.epoch, self.world_size * workers, self.opt.batch_size)
         raw = (s for shard, first, end in plans[slot] for s in _iter_shard(self.shards[shard].url, first, end))
-        g = torch.Generator().manual_seed((self.opt.seed * 1_000_003 + self.epoch) * 1_000_003 + slot)
+        g = sample_generator(self.opt.seed, self.epoch, slot)
         made, last = 0, None
         for sample in _shuffled(raw, self.opt.shuffle_buffer, g):
             if made >= q:

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import roma
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from core.cameras import get_rays, orbit_camera
-from core.datasets.common import make_item
+from core.datasets.common import RawObject, make_item, sample_generator
 from core.options import Options
 
 KINDS = ("sphere", "box", "cylinder", "torus")
@@ -493,24 +494,12 @@ def _subpixel_dirs(c2w: Tensor, d: Tensor, eidx: Tensor, size: int) -> Tensor:
 # ---------------------------------------------------------------------------------- dataset
 
 _MASK32 = 0xFFFFFFFF
-_MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
 def _object_seed(seed: int, split: str, index: int) -> int:
     """Seed of object ``index`` of ``split``. torch's CPU generator keeps only the low 32 bits of a
     seed, so these are made distinct: for a given ``seed``, train (even) and eval (odd) never share one."""
     return (2 * index + (1 if split == "eval" else 0) + seed * 0x9E3779B1) & _MASK32
-
-
-def _mix_seed(*values: int) -> int:
-    """Deterministic 64-bit hash of integers (splitmix64 steps), stable across processes and runs."""
-    x = 0x5EED5EED
-    for value in values:
-        x = ((x ^ (value & _MASK64)) + 0x9E3779B97F4A7C15) & _MASK64
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-        x ^= x >> 31
-    return x
 
 
 class SyntheticDataset(Dataset):
@@ -547,14 +536,29 @@ class SyntheticDataset(Dataset):
         c2w = sample_cameras(g, self.opt.num_views, self.opt.cam_radius, train=self.split == "train")
         return spec, c2w
 
+    def uid(self, index: int) -> str:
+        return f"synthetic-{self.split}-{index:06d}"
+
     def __getitem__(self, index: int) -> dict:
         index = int(index) % len(self)
-        rng = None
-        if self.split == "train":
-            rng = torch.Generator().manual_seed(_mix_seed(self.opt.seed, self.epoch, index))
         with _one_thread():
             spec, c2w = self.object_and_cameras(index)
             rgba = render_object(spec, c2w, self.size, self.opt.fovy)  # [V, 4, S, S]
+            return self.make(rgba, c2w, index, self.uid(index))
+
+    def make(self, rgba: Tensor, c2w: Tensor, index: int, uid: str) -> dict:
+        """The sample of item ``index`` from its rendered views (rgba [V, 4, S, S], c2w [V, 4, 4]):
+        training augmentations seeded by (seed, epoch, index), on one intra-op thread. Used by
+        ``__getitem__`` and by the shards reader (views rendered into shards)."""
+        rng = sample_generator(self.opt.seed, self.epoch, index, hashed=True) if self.split == "train" else None
+        with _one_thread():
             item = make_item(rgba, c2w, self.opt, rng)
-        item["uid"] = f"synthetic-{self.split}-{index:06d}"
+        item["uid"] = uid
         return item
+
+    def raw_object(self, index: int) -> RawObject:
+        """Item ``index`` as a shard stores it: its views rendered (rgba [V, 4, S, S]) and its cameras."""
+        spec, c2w = self.object_and_cameras(index)
+        rgba = render_object(spec, c2w, self.size, self.opt.fovy)  # [V, 4, S, S]
+        meta = dict(source="synthetic", uid=self.uid(index), fovy=self.opt.fovy)
+        return RawObject(meta, {"cams": c2w.numpy().astype(np.float32), "rgba": rgba.numpy()})

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.errors import UserError
 
-class MeshError(ValueError):
+
+class MeshError(UserError, ValueError):
     """Bad input to the mesh export, or nothing to extract; the message says what to change."""
 
 

@@ -31,6 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from core.cameras import orbit_camera, yup_to_zup
+from core.errors import UserError
 from core.mvdiffusion.unet import MultiViewUNetModel
 
 # published diffusers folders: folder name in pretrained/ -> hub id, and how to fetch each
@@ -193,7 +194,7 @@ def _image_encoder_classes():
     return {c.__name__: c for c in (CLIPVisionModel, CLIPVisionModelWithProjection)}
 
 
-class NonFiniteViewsError(RuntimeError):
+class NonFiniteViewsError(UserError, RuntimeError):
     """The diffusion produced NaN / inf views (the message says what to try)."""
 
 
