@@ -27,6 +27,25 @@ class UserError(Exception):
     exit_code = 2
 
 
+def describe_os_error(e: BaseException) -> str:
+    """A short human reason for a failed write (disk full, permission, ...)."""
+    if not isinstance(e, OSError):  # e.g. safetensors' or torch's own errors around an OS error
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if e.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    if e.errno == errno.EFBIG:
+        return "file size limit exceeded"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if e.errno == errno.EROFS:
+        return "read-only file system"
+    if e.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a folder"
+    return e.strerror or type(e).__name__
+
+
 def show(message: str, program: str) -> None:
     """Print ``message`` as one screen on stderr, under the program's name."""
     print(f"\n{RULE}\n{program}: error: {message}\n{RULE}", file=sys.stderr, flush=True)
@@ -55,8 +74,6 @@ def run(
     except OSError as e:
         if e.errno not in DISK_FULL_ERRNOS:
             raise
-        from core.outputs import describe_os_error
-
         note = disk_full_note() if disk_full_note is not None else ""
         show(f"{e.filename or 'a file'}: {describe_os_error(e)}." + (f" {note}" if note else ""), program)
         return 1

@@ -13,30 +13,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from core.errors import DISK_FULL_ERRNOS, UserError  # noqa: F401 (DISK_FULL_ERRNOS: re-exported)
+from core.errors import UserError, describe_os_error
 
 
 class OutputError(UserError, OSError):
     """An output folder or file that cannot be written; the message says which and why."""
-
-
-def describe_os_error(e: BaseException) -> str:
-    """A short human reason for a failed write (disk full, permission, ...)."""
-    if not isinstance(e, OSError):  # e.g. safetensors' or torch's own errors around an OS error
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if e.errno == errno.ENOSPC:
-        return "no space left on the device"
-    if e.errno == errno.EDQUOT:
-        return "disk quota exceeded"
-    if e.errno == errno.EFBIG:
-        return "file size limit exceeded"
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if e.errno == errno.EROFS:
-        return "read-only file system"
-    if e.errno == errno.ENOTDIR:
-        return "a part of the path is a file, not a folder"
-    return e.strerror or type(e).__name__
 
 
 def prepare_output_dir(path, flag: str = "--workspace") -> Path:

@@ -18,11 +18,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from core.datasets.common import sample_generator
-from core.errors import UserError
+from core.errors import UserError, describe_os_error
 from core.images import image_grid, unnormalize_imagenet, write_image
 from core.metrics import LPIPSUnavailableError, build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
-from core.outputs import OutputError, describe_os_error, share_like_other_outputs, write_atomically
+from core.outputs import OutputError, share_like_other_outputs, write_atomically
 
 CHECKPOINT_PREFIX = "step_"
 COMPLETE_MARKER = "progress.json"

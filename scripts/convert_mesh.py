@@ -78,7 +78,8 @@ def check_output(output: Path, flag: str, suffixes=(".glb", ".obj")) -> None:
     """Refuse, before any work, an output file that cannot be written: a wrong suffix, a folder in
     its place, an unwritable folder or one under a file (core.outputs.prepare_output_dir's rule,
     which also creates the folder)."""
-    from core.outputs import OutputError, describe_os_error, prepare_output_dir
+    from core.errors import describe_os_error
+    from core.outputs import OutputError, prepare_output_dir
 
     if suffixes and output.suffix.lower() not in suffixes:
         raise OutputPathError(f"{flag} {output}: the mesh format is chosen by the suffix; use .glb or .obj")
@@ -136,7 +137,7 @@ def run(args: ConvertArgs) -> tuple[Path, M.MeshResult, list[Path]]:
         if args.info_json:
             Path(args.info_json).write_text(json.dumps(result.info, indent=2))
     except OSError as e:  # checked at start, so rare: a full disk, the folder removed meanwhile
-        from core.outputs import describe_os_error
+        from core.errors import describe_os_error
 
         raise OutputPathError(f"could not write {e.filename or output}: {describe_os_error(e)}") from None
     return output, result, written
