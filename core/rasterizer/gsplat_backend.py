@@ -180,30 +180,24 @@ def render(
 
     out_dtype = gaussians.dtype  # gsplat's kernels are float32
     gaussians, cam_view, cam_view_proj, bg = gaussians.float(), cam_view.float(), cam_view_proj.float(), bg.float()
-    B, V = cam_view.shape[:2]
     viewmats = cam_view.transpose(-1, -2)  # [B, V, 4, 4] column-vector world -> camera (OpenCV)
     Ks = intrinsics(cam_view, cam_view_proj, size)  # [B, V, 3, 3]
-    images, alphas, depths = [], [], []
-    for b in range(B):  # one call renders all V views of an object
-        g = gaussians[b]  # [N, 14]
-        colors, alpha, _ = rasterization(
-            means=g[:, 0:3].contiguous(),
-            quats=g[:, 7:11].contiguous(),
-            scales=(g[:, 4:7] * scale_modifier).contiguous(),
-            opacities=g[:, 3].contiguous(),
-            colors=g[:, 11:14].contiguous(),
-            viewmats=viewmats[b].contiguous(),
-            Ks=Ks[b].contiguous(),
-            width=size,
-            height=size,
-            near_plane=NEAR_CULL,
-            eps2d=DILATION,
-            backgrounds=bg[b].contiguous(),  # [V, 3]
-            render_mode="RGB+D",
-            rasterize_mode="classic",
-        )  # colors [V, S, S, 4], alpha [V, S, S, 1]
-        images.append(colors[..., :3].permute(0, 3, 1, 2))
-        depths.append(colors[..., 3:].permute(0, 3, 1, 2))
-        alphas.append(alpha.permute(0, 3, 1, 2))
-    out = dict(image=torch.stack(images), alpha=torch.stack(alphas), depth=torch.stack(depths))
+    colors, alpha, _ = rasterization(  # one call for the whole batch: gsplat takes leading batch dims
+        means=gaussians[..., 0:3].contiguous(),  # [B, N, 3]
+        quats=gaussians[..., 7:11].contiguous(),
+        scales=(gaussians[..., 4:7] * scale_modifier).contiguous(),
+        opacities=gaussians[..., 3].contiguous(),  # [B, N]
+        colors=gaussians[..., 11:14].contiguous(),
+        viewmats=viewmats.contiguous(),
+        Ks=Ks.contiguous(),
+        width=size,
+        height=size,
+        near_plane=NEAR_CULL,
+        eps2d=DILATION,
+        backgrounds=bg.contiguous(),  # [B, V, 3]
+        render_mode="RGB+D",
+        rasterize_mode="classic",
+    )  # colors [B, V, S, S, 4], alpha [B, V, S, S, 1]
+    out = dict(image=colors[..., :3], depth=colors[..., 3:], alpha=alpha)
+    out = {k: v.permute(0, 1, 4, 2, 3) for k, v in out.items()}  # [B, V, C, S, S]
     return {k: v.to(out_dtype) for k, v in out.items()}
