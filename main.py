@@ -63,11 +63,13 @@ def train(opt) -> int:
     if opt.resume_from == "latest":  # nothing to continue: say so before creating the folder
         T.resolve_resume_dir(Path(opt.workspace).expanduser(), "latest")
     ws = prepare_output_dir(opt.workspace, "--workspace")
+    start_step = T.read_progress(T.resolve_resume_dir(ws, opt.resume_from))["step"] if opt.resume_from else 0
+    trackers, tracker_notes = T.build_trackers(opt.report_to, ws, purge_step=start_step + 1 if start_step else None)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several CPU processes then talk over gloo
         mixed_precision=opt.mixed_precision if torch.cuda.is_available() else "no",
         gradient_accumulation_steps=opt.gradient_accumulation_steps,
-        log_with="tensorboard",
+        log_with=trackers or None,  # --report_to
         project_dir=str(ws),
     )
     main_proc = accelerator.is_main_process
@@ -141,10 +143,9 @@ def train(opt) -> int:
             T.truncate_logs(ws, global_step)  # steps after the checkpoint are replayed: log them once
     scheduler = T.build_scheduler(optimizer, opt, total_steps, global_step)  # a function of the step: never loaded
 
-    accelerator.init_trackers(
-        "tb", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(opt).items()},
-        init_kwargs={"tensorboard": {"purge_step": global_step + 1}} if global_step else {},  # TensorBoard drops replayed steps
-    )
+    for note in tracker_notes:
+        say(note)
+    accelerator.init_trackers("lgm", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(opt).items()})
     say(
         f"[train] {sum(p.numel() for p in raw_model.parameters()) / 1e6:.1f}M parameters, {len(train_ds)} train / "
         f"{len(eval_ds)} eval objects, {accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -162,7 +163,8 @@ def train(opt) -> int:
             return None
         model.eval()
         with ema.applied_to(raw_model) if ema is not None else contextlib.nullcontext():
-            res = T.evaluate(raw_model, eval_loader, opt, lpips_eval, accelerator)
+            with accelerator.autocast():  # the training precision (bf16 on GPUs); metrics in fp32 (score_batch)
+                res = T.evaluate(raw_model, eval_loader, opt, lpips_eval, accelerator)
         model.train()
         evals[step] = res
         if main_proc:
@@ -246,9 +248,7 @@ def train(opt) -> int:
                     )
                 if opt.image_every and global_step % opt.image_every == 0:
                     grid = T.save_image_grid(ws / "images" / f"train_{global_step:07d}.jpg", data, out)
-                    accelerator.get_tracker("tensorboard", unwrap=True).add_image(
-                        "train/inputs_gt_pred", grid, global_step, dataformats="HWC"
-                    )
+                    T.log_image(accelerator, "train/inputs_gt_pred", grid, global_step)
             if opt.eval_every and global_step % opt.eval_every == 0:
                 run_eval(global_step)
                 last_eval = global_step

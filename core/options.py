@@ -153,6 +153,10 @@ class Options:
     """Full training states to keep (older ones are deleted)."""
     image_every: int = 500
     """Write an image grid (inputs | ground truth | prediction) every N optimizer steps."""
+    report_to: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"
+    """Experiment trackers for scalars and image grids (train_log.jsonl and metrics.jsonl are always written).
+    wandb needs `pip install wandb`; without network or a W&B login it runs offline into <workspace>/wandb
+    (upload later with `wandb sync`), never waiting on the network."""
     max_nonfinite_steps: int = 5
     """Abort after this many consecutive steps with a non-finite loss."""
     export_objects: int = 0

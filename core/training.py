@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from core.images import image_grid, unnormalize_imagenet, write_image
 from core.metrics import LPIPSUnavailableError, build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
 from core.outputs import OutputError, share_like_other_outputs, write_atomically
+from core.runtime import no_autocast
 
 CHECKPOINT_PREFIX = "step_"
 COMPLETE_MARKER = "progress.json"
@@ -162,9 +164,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.detach().to(self.shadow[k].dtype), 1.0 - self.decay)
+        """shadow += (1 - decay) (weight - shadow) for every tensor, in one fused call (a loop of
+        hundreds of small kernels on a GPU otherwise)."""
+        weights = model.state_dict()
+        shadows = list(self.shadow.values())
+        torch._foreach_lerp_(shadows, [weights[k].detach().to(v.dtype) for k, v in self.shadow.items()], 1.0 - self.decay)
 
     def load(self, path, model: nn.Module) -> None:
         """The average saved in ``path`` (safetensors, read on the CPU), placed on the device of
@@ -467,26 +471,29 @@ def score_batch(model, data: dict, opt: Options, lpips_net: Optional[nn.Module])
     """Reconstruct each object from its input views and score its other views.
 
     Returns metrics [B, 4] (psnr, ssim, lpips or NaN, psnr of a blank white prediction; each the
-    mean over the object's novel views) and the rendered novel views [B, V-4, 3, H, W].
+    mean over the object's novel views) and the rendered novel views [B, V-4, 3, H, W]. The model
+    runs in the caller's precision (training evaluates under its bf16 autocast, as the loss was
+    computed); rendering and every metric run in fp32, autocast off.
     """
     n_in = opt.num_input_views
     gaussians = model.forward_gaussians(data["input"])  # [B, N, 14]
-    out = model.gs.render(gaussians.float(), data["cam_view"], data["cam_view_proj"], data["cam_pos"])
-    pred = out["image"][:, n_in:].float()  # [B, V-4, 3, H, W]
-    gt = data["images_output"][:, n_in:].float()
-    if lpips_net is not None:
-        lp = lpips_distance(lpips_net, pred.flatten(0, 1), gt.flatten(0, 1)).view(pred.shape[:2]).mean(1)
-    else:
-        lp = torch.full(pred.shape[:1], float("nan"), device=pred.device)
-    metrics = torch.stack(
-        [
-            psnr(pred, gt, per_image=True).mean(1),
-            ssim(pred, gt, per_image=True).mean(1),
-            lp,
-            psnr(torch.ones_like(gt), gt, per_image=True).mean(1),
-        ],
-        dim=1,
-    )
+    with no_autocast(gaussians.device):
+        out = model.gs.render(gaussians.float(), data["cam_view"], data["cam_view_proj"], data["cam_pos"])
+        pred = out["image"][:, n_in:].float()  # [B, V-4, 3, H, W]
+        gt = data["images_output"][:, n_in:].float()
+        if lpips_net is not None:
+            lp = lpips_distance(lpips_net, pred.flatten(0, 1), gt.flatten(0, 1)).view(pred.shape[:2]).mean(1)
+        else:
+            lp = torch.full(pred.shape[:1], float("nan"), device=pred.device)
+        metrics = torch.stack(
+            [
+                psnr(pred, gt, per_image=True).mean(1),
+                ssim(pred, gt, per_image=True).mean(1),
+                lp,
+                psnr(torch.ones_like(gt), gt, per_image=True).mean(1),
+            ],
+            dim=1,
+        )
     return metrics, pred
 
 
@@ -541,6 +548,62 @@ def save_image_grid(path, data: dict, out: dict):
     grid = image_grid([input_rgb(data["input"][0]), data["images_output"][0], out["images_pred"][0]])
     write_image(path, grid)
     return grid
+
+
+WANDB_HOST = "api.wandb.ai"
+TRACKERS = {"tensorboard": ("tensorboard",), "wandb": ("wandb",), "all": ("tensorboard", "wandb"), "none": ()}
+
+
+class TrackerError(UserError):
+    """A tracker that cannot be used (the package is missing); the message says what to install."""
+
+
+def build_trackers(report_to: str, workspace, purge_step: Optional[int] = None) -> tuple[list, list[str]]:
+    """The experiment trackers of ``--report_to`` for ``accelerate.Accelerator(log_with=...)`` and
+    notes to print. TensorBoard writes ``<workspace>/tb`` (``purge_step``: a resumed run drops the
+    replayed steps' events). W&B runs into ``<workspace>/wandb``, offline when the network or a
+    login is missing (decided here, in seconds, so ``wandb.init`` never waits on the network)."""
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
+
+    ws, trackers, notes = Path(workspace), [], []
+    if "tensorboard" in TRACKERS[report_to]:
+        trackers.append(TensorBoardTracker("tb", str(ws), **({"purge_step": purge_step} if purge_step else {})))
+    if "wandb" in TRACKERS[report_to]:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise TrackerError("--report_to wandb needs the wandb package: pip install wandb") from None
+        why = wandb_offline_reason()
+        if why and os.environ.get("WANDB_MODE") is None:
+            os.environ["WANDB_MODE"] = "offline"
+        if os.environ.get("WANDB_MODE") == "offline":
+            notes.append(f"[wandb] offline ({why or 'WANDB_MODE=offline'}): the run is kept in {ws / 'wandb'}; "
+                         f"upload it later with `wandb sync {ws / 'wandb'}/offline-run-*`")
+        trackers.append(WandBTracker("lgm", name=ws.resolve().name, dir=str(ws)))
+    return trackers, notes
+
+
+def wandb_offline_reason() -> Optional[str]:
+    """Why W&B cannot log online now (offline mode, no network, no login), or None."""
+    from core import hub
+
+    blocked = hub.download_blocker(WANDB_HOST)
+    if blocked:
+        return blocked
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    logged_in = os.environ.get("WANDB_API_KEY") or (netrc.is_file() and WANDB_HOST in netrc.read_text(errors="ignore"))
+    return None if logged_in else "not logged in to W&B (wandb login, or WANDB_API_KEY)"
+
+
+def log_image(accelerator, tag: str, grid, step: int) -> None:
+    """An image grid [H, W, 3] (uint8 or float) to every tracker that shows images."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.tracker.add_image(tag, grid, step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: wandb.Image(grid)}, step=step)
 
 
 def append_jsonl(path, record: dict) -> None:

@@ -244,3 +244,41 @@ def test_a_bf16_autocast_training_step_keeps_losses_and_rendering_in_fp32(change
     assert abs(out["loss"].item() - ref["loss"].item()) < 0.03 * ref["loss"].item()
     assert (out["gaussians"] - ref["gaussians"]).abs().mean() < 0.01  # bf16 U-Net outputs, fp32 activations
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_fused_ema_update_equals_the_per_tensor_update():
+    """EMA.update lerps every tensor in one torch._foreach_lerp_ call: the same numbers as one
+    lerp per tensor, for float32 weights and for half-precision ones averaged in float32."""
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = LGM(micro_options()).to(dtype)
+        ema = EMA(model, 0.9)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        want = {k: v.clone().lerp_(model.state_dict()[k].to(v.dtype), 0.1) for k, v in ema.shadow.items()}
+        ema.update(model)
+        assert all(torch.equal(ema.shadow[k], want[k]) for k in want)
+        assert {v.dtype for v in ema.shadow.values()} == {torch.float32}
+
+
+def test_evaluation_in_bf16_scores_in_fp32():
+    """Training evaluates under its bf16 autocast (as the loss was computed): the model runs in bf16,
+    the rendering and PSNR / SSIM / LPIPS in fp32."""
+    from core.metrics import lpips_distance, psnr
+    from core.training import score_batch
+
+    opt = micro_options(num_views=6)
+    data = collate([SyntheticDataset(opt, "eval")[i] for i in range(2)])
+    model = LGM(opt, lpips_pretrained=False).eval()
+    net = model.lpips
+    with torch.no_grad():
+        ref, _ = score_batch(model, data, opt, net)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            metrics, pred = score_batch(model, data, opt, net)
+        gt = data["images_output"][:, 4:]
+        lp = lpips_distance(net, pred.flatten(0, 1), gt.flatten(0, 1)).view(2, -1).mean(1)  # fp32, outside autocast
+    assert metrics.dtype == pred.dtype == torch.float32
+    torch.testing.assert_close(metrics[:, 2], lp, atol=1e-6, rtol=0)  # LPIPS itself ran in fp32
+    torch.testing.assert_close(metrics[:, 0], psnr(pred, gt, per_image=True).mean(1), atol=1e-5, rtol=0)
+    assert (metrics[:, 0] - ref[:, 0]).abs().max() < 0.5  # bf16 model, same scene
