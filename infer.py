@@ -39,6 +39,7 @@ configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a sh
 
 from core.generation import ExportSettings, GenerationError, Settings, prompt_name, unique_names
 from core.images import IMAGE_SUFFIXES, read_image
+from core.offload import OffloadMode
 
 
 @dataclass
@@ -70,6 +71,12 @@ class InferArgs:
     """Which files are written."""
     device: Optional[str] = None
     """Torch device (default: cuda if available, else cpu)."""
+    offload: OffloadMode = "none"
+    """Low GPU memory, for image or text to 3D on small GPUs (the aim: 8 GB): 'model' keeps every model (text and
+    image encoders, diffusion U-Net, VAE, LGM) on the CPU and moves each whole to the GPU only while it runs
+    (a little slower); 'sequential' moves each layer only for its own forward (least memory, much slower);
+    'none' keeps them all on the GPU. The results are the same in every mode. On the CPU (--device cpu)
+    nothing moves: accepted, and changes nothing."""
 
 
 @dataclass
@@ -147,12 +154,14 @@ def settings_of(args: InferArgs):
 
 def run(args: InferArgs) -> int:
     from core import generation as G
+    from core.offload import Offload
     from core.outputs import prepare_output_dir
     from core.preprocess import BackgroundRemover, has_alpha_mask, mask_source
 
     # 1. everything the user gave, checked before anything heavy is loaded
     settings, export = settings_of(args)
     device = G.default_device(args.device)
+    offload = Offload(args.offload, device) if args.offload != "none" else None
     jobs = collect_jobs(args)
     read_inputs(jobs)
     workspace = prepare_output_dir(args.workspace, "--workspace")
@@ -168,9 +177,11 @@ def run(args: InferArgs) -> int:
         kind = "image" if "image" in kinds else "prompt"
         mv_model = args.mv_model or (G.DEFAULT_IMAGEDREAM if kind == "image" else G.DEFAULT_MVDREAM)
         print(f"[infer] multi-view diffusion: {mv_model}")
-        pipe = G.load_mv_pipeline(mv_model, kind, device)
-    model = G.load_lgm(args.resume, device, args.preset)
+        pipe = G.load_mv_pipeline(mv_model, kind, device, offload)
+    model = G.load_lgm(args.resume, device, args.preset, offload)
     print(f"[infer] LGM '{model.preset}' from {model.weights_path} on {device} ({str(G.model_dtype(device)).replace('torch.', '')})")
+    if offload is not None:
+        print(f"[infer] {offload.describe()}")
 
     # 3. one object per job
     for k, job in enumerate(jobs, 1):
@@ -188,6 +199,36 @@ def run(args: InferArgs) -> int:
         files = G.export_outputs(model, gaussians, views, workspace / job.name, export, elevation=settings.elevation)
         print(f"[infer]   {time.perf_counter() - t0:.1f} s -> " + ", ".join(str(p) for p in files.values()))
     return 0
+
+
+def measure_run(argv, device=None) -> tuple[float, Optional[float]]:
+    """Run ``main(argv)`` once (e.g. ``[image, "--offload", "model", ...]``) and return (seconds, peak GPU
+    memory in GiB the run allocated on top of what was allocated before it; None without CUDA), for
+    scripts/gpu_check.py. device: the CUDA device to measure (default: the current one). Raises
+    RuntimeError when the run fails (exit code not 0). The models are freed before it returns."""
+    import gc
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+        gc.collect()  # an earlier run's models (offload hooks make reference cycles) must not count
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    code = main([str(a) for a in argv])
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30 if cuda else None
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    if code != 0:
+        raise RuntimeError(f"infer.py {' '.join(map(str, argv))} exited with code {code}")
+    return seconds, peak
 
 
 def main(argv=None) -> int:

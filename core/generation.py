@@ -8,6 +8,9 @@
     gaussians = views_to_gaussians(model, views)                             # [1, N, 14]
     files = export_outputs(model, gaussians, views, "out/photo", ExportSettings())
 
+Low memory (``--offload``): pass one ``core.offload.Offload("model" or "sequential", device)`` to
+both loaders; the models then wait on the CPU and visit the GPU only while they run.
+
 Every user mistake (bad numbers, unreadable files, views of the wrong shape, a model of the wrong
 kind) raises :class:`GenerationError` (or an ``ImageReadError`` / ``WeightsError`` /
 ``OutputError``), all :class:`core.errors.UserError`, with a message a person can act on.
@@ -240,11 +243,13 @@ def model_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def load_lgm(weights, device: torch.device, preset: Optional[str] = None):
+def load_lgm(weights, device: torch.device, preset: Optional[str] = None, offload=None):
     """The LGM model of ``weights`` (a path, or a published file name fetched into the Hugging Face
     cache), in eval mode on ``device``. Its options come from the weights themselves (what this
     project's training writes), else from ``preset`` or, for the published files, from their
     tensor shapes (:func:`core.models.options_for_weights`). ``model.preset`` names it.
+    ``offload`` (a :class:`core.offload.Offload` computing on ``device``): placed by it instead, in
+    ``device``'s dtype (with ``model`` or ``sequential``, its weights wait on the CPU).
     Raises WeightsError."""
     from core.models import LGM, options_for_weights
     from core.weights import fetch_published_weights, load_weights
@@ -254,18 +259,22 @@ def load_lgm(weights, device: torch.device, preset: Optional[str] = None):
     model = LGM(opt)
     load_weights(model, path, strict=True, preset=name)
     model.weights_path, model.preset = path, name
-    return model.to(device=device, dtype=model_dtype(device)).eval()
+    if offload is None:
+        return model.to(device=device, dtype=model_dtype(device)).eval()
+    return offload.place(model.to(dtype=model_dtype(device)).eval(), "lgm")
 
 
-def load_mv_pipeline(name_or_path, kind: str, device: torch.device):
-    """The multi-view diffusion pipeline for ``kind`` 'image' (ImageDream) or 'prompt' (MVDream)."""
+def load_mv_pipeline(name_or_path, kind: str, device: torch.device, offload=None):
+    """The multi-view diffusion pipeline for ``kind`` 'image' (ImageDream) or 'prompt' (MVDream), on
+    ``device`` or, with ``offload`` (a :class:`core.offload.Offload` computing on ``device``), its
+    components placed by it (loaded on the CPU in ``device``'s dtype and left there to wait)."""
     from core.mvdiffusion import MVDreamPipeline
 
-    pipe = MVDreamPipeline.from_pretrained(str(name_or_path), torch_dtype=model_dtype(device)).to(device)
+    pipe = MVDreamPipeline.from_pretrained(str(name_or_path), torch_dtype=model_dtype(device))
     if pipe.is_imagedream != (kind == "image"):
         want = "an ImageDream (image)" if kind == "image" else "an MVDream (text)"
         raise GenerationError(f"multi-view model {name_or_path} is not {want} model")
-    return pipe
+    return pipe.to(device) if offload is None else offload.place_pipeline(pipe)
 
 
 # --------------------------------------------------------------------------- the steps
@@ -314,12 +323,15 @@ def generate_views(pipe, image: Optional[np.ndarray] = None, prompt: str = "", s
 def views_to_gaussians(model, views: np.ndarray, elevation: float = 0.0) -> Tensor:
     """4 views at the default input cameras (azimuths 0/90/180/270 at ``elevation``) -> Gaussians.
 
-    views: float [4, H, W, 3] in [0, 1], LGM's order. -> float32 [1, N, 14] on the model's device.
+    views: float [4, H, W, 3] in [0, 1], LGM's order. -> float32 [1, N, 14] on the model's (compute) device.
     """
     if views.ndim != 4 or views.shape[0] != 4 or views.shape[-1] != 3:
         raise GenerationError(f"expected 4 RGB views [4, H, W, 3], got {list(views.shape)}")
+    from core.offload import execution_device, onload
+
     opt = model.opt
-    device, dtype = model.conv.weight.device, model.conv.weight.dtype
+    onload(model)  # --offload model: LGM's weights to the GPU now (forward_gaussians is not its forward)
+    device, dtype = execution_device(model), model.conv.weight.dtype  # (sequential: the weights wait on meta)
     x = torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32)).permute(0, 3, 1, 2).to(device)  # [4, 3, H, W]
     x = F.interpolate(x, size=(opt.input_size, opt.input_size), mode="bilinear", align_corners=False, antialias=True)
     x = model_input(x, default_input_poses(elevation, opt.cam_radius), opt.fovy)[None].to(dtype)  # [1, 4, 9, S, S]

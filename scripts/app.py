@@ -53,6 +53,7 @@ configure_cpu_threads()  # before torch loads OpenMP: idle threads sleep on a sh
 from core import generation as G  # noqa: E402
 from core.generation import ExportSettings, GenerationError, PrepareSettings, Settings, VideoSettings  # noqa: E402
 from core.images import read_image, write_image  # noqa: E402
+from core.offload import Offload, OffloadMode, execution_device  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.outputs import OutputError  # noqa: E402
 from core.weights import WeightsError, WeightsNotFoundError  # noqa: E402
@@ -91,6 +92,11 @@ class AppArgs:
     """Requests that may wait in the queue; more are turned away with a message."""
     device: Optional[str] = None
     """Torch device (default: cuda if available, else cpu)."""
+    offload: OffloadMode = "none"
+    """Low GPU memory, as infer.py's --offload: 'model' keeps every model (both diffusion pipelines' encoders,
+    U-Nets and VAEs, LGM) on the CPU and moves each whole to the GPU only while it runs (a little slower);
+    'sequential' moves each layer only for its own forward (least memory, much slower); 'none' keeps them all
+    on the GPU. The results are the same in every mode. On the CPU (--device cpu) nothing moves."""
 
 
 # --------------------------------------------------------------------------- models
@@ -106,6 +112,7 @@ class Models:
     rembg_note: str = ""  # why images without a transparent background cannot be used
     notes: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    offload: Optional[Offload] = None  # core.offload: where the models wait between uses (None: --offload none)
 
 
 def load_models(args: AppArgs, device) -> Models:
@@ -114,20 +121,22 @@ def load_models(args: AppArgs, device) -> Models:
     of the wrong shape or kind) raises, for main() to report."""
     from core.preprocess import BackgroundRemover
 
-    models = Models()
+    models = Models(offload=Offload(args.offload, device) if args.offload != "none" else None)
     for mode in MODE_TITLES:
         if mode not in args.modes:
             models.notes[mode] = f"Not offered: start the app with `--modes {' '.join(dict.fromkeys([*args.modes, mode]))}`."
     try:
-        models.lgm = G.load_lgm(args.resume, device, args.preset)
+        models.lgm = G.load_lgm(args.resume, device, args.preset, models.offload)
         print(f"[app] LGM '{models.lgm.preset}' from {models.lgm.weights_path} on {device}")
+        if models.offload is not None:
+            print(f"[app] {models.offload.describe()}")
     except WeightsNotFoundError as e:
         for mode in args.modes:
             models.notes[mode] = f"The LGM weights are missing. {e}"
     for mode, name in (("image", args.imagedream), ("text", args.mvdream)):
         if mode in args.modes and mode not in models.notes:
             try:
-                models.pipes[mode] = G.load_mv_pipeline(name, "image" if mode == "image" else "prompt", device)
+                models.pipes[mode] = G.load_mv_pipeline(name, "image" if mode == "image" else "prompt", device, models.offload)
                 print(f"[app] {MODE_TITLES[mode]}: {name}")
             except WeightsNotFoundError as e:
                 models.notes[mode] = f"The multi-view diffusion weights are missing. {e}"
@@ -365,7 +374,10 @@ def number_input(component):
 
 def build_demo(args: AppArgs, models: Models, workspace: Path, examples: dict) -> gr.Blocks:
     app = App(args, models, workspace)
-    about = f"LGM `{models.lgm.preset}` on {models.lgm.conv.weight.device}" if models.lgm is not None else "LGM: not loaded"
+    about = "LGM: not loaded"
+    if models.lgm is not None:
+        about = f"LGM `{models.lgm.preset}` on {execution_device(models.lgm)}" + (
+            f" (offload {models.offload.mode})" if models.offload is not None else "")
     with gr.Blocks(title="3D Gaussians from an image, a prompt or 4 views", analytics_enabled=False,
                    delete_cache=(3600, 86400)) as demo:
         gr.Markdown("## 3D Gaussians from an image, a prompt or 4 views\n"

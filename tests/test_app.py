@@ -343,6 +343,42 @@ def test_tabs_that_are_off_are_named_in_the_console_and_the_rest_is_served(asset
     assert "download_weights.py --only mvdream" in lines[1], out  # the whole note on the tab's one line
 
 
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_offload_flag_reaches_every_model_and_requests_still_work(assets, tmp_path, capsys, monkeypatch, mode):
+    """--offload: the app starts with every model it loads (LGM, both pipelines) under the one offload
+    of that mode, says so in the console and the page, and a request runs through them (CPU: nothing
+    moves, but the hooks run: model mode brings each model in as it runs, one at a time)."""
+    import gradio as gr
+
+    app = load_app_module()
+    launched, loaded = [], []
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda self, **kwargs: launched.append(self))
+    load_models = app.load_models
+    monkeypatch.setattr(app, "load_models", lambda args, device: loaded.append((args, load_models(args, device))) or loaded[-1][1])
+    assert app.main(["--preset", "cpu", "--resume", str(assets.ckpt), "--imagedream", str(assets.imagedream),
+                     "--mvdream", str(assets.mvdream), "--workspace", str(tmp_path / "ws"), "--port", str(free_port()),
+                     "--video-frames", "0", "--offload", mode]) == 0
+    assert len(launched) == 1 and len(loaded) == 1
+    args, models = loaded[0]
+    assert args.offload == mode and models.offload.mode == mode and models.offload.compute == torch.device("cpu")
+    assert f"[app] offload {mode}:" in capsys.readouterr().out
+    page = " ".join(b.value for b in launched[0].blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str))
+    assert f"(offload {mode})" in page
+    if mode == "model":
+        for module in (models.lgm, *models.pipes["image"].components.values(), *models.pipes["text"].components.values()):
+            if isinstance(module, torch.nn.Module):
+                assert module._hf_hook.offload is models.offload
+    else:  # the weights wait outside the modules (meta) between forwards
+        for module in (models.lgm, models.pipes["image"].unet, models.pipes["text"].unet):
+            assert {p.device.type for p in module.parameters()} == {"meta"}
+
+    handlers = app.App(args, models, tmp_path / "ws")
+    outputs = handlers.text_to_3d("a chair", steps=2)
+    assert load_ply(outputs[3]).shape == (N_GAUSSIANS, 14)
+    if mode == "model":
+        assert [name for name, where in models.offload.moves if where == "compute"] == ["text_encoder", "unet", "vae", "lgm"]
+
+
 def test_examples_are_synthetic_renders_made_by_the_project(tmp_path):
     from core.options import config_defaults
     from core.preprocess import has_alpha_mask
