@@ -71,6 +71,9 @@ class InferArgs:
     """Which files are written."""
     device: Optional[str] = None
     """Torch device (default: cuda if available, else cpu)."""
+    compile: bool = False
+    """Compile the LGM U-Net with torch.compile: the first object waits while it compiles (tens of seconds to
+    minutes), later ones run faster; worth it for many objects. Not with --offload sequential."""
     offload: OffloadMode = "none"
     """Low GPU memory, for image or text to 3D on small GPUs (the aim: 8 GB): 'model' keeps every model (text and
     image encoders, diffusion U-Net, VAE, LGM) on the CPU and moves each whole to the GPU only while it runs
@@ -146,6 +149,9 @@ def read_inputs(jobs: list[Job]) -> None:
 
 def settings_of(args: InferArgs):
     """The generation and export settings of the command line, checked (GenerationError)."""
+    if args.compile and args.offload == "sequential":
+        raise GenerationError("--compile and --offload sequential do not go together (the offload hooks every layer); "
+                              "use --offload model, or leave out --compile")
     return args.settings.check(), args.export.check()
 
 
@@ -180,6 +186,11 @@ def run(args: InferArgs) -> int:
         pipe = G.load_mv_pipeline(mv_model, kind, device, offload)
     model = G.load_lgm(args.resume, device, args.preset, offload)
     print(f"[infer] LGM '{model.preset}' from {model.weights_path} on {device} ({str(G.model_dtype(device)).replace('torch.', '')})")
+    if args.compile:
+        from core.models import compile_unet
+
+        compile_unet(model)
+        print("[infer] --compile: the first object waits while the LGM U-Net compiles")
     if offload is not None:
         print(f"[infer] {offload.describe()}")
 

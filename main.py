@@ -115,6 +115,12 @@ def train(opt) -> int:
             _ = model.lpips  # fail now, not at the first step
         except LPIPSUnavailableError as e:
             return refuse(str(e))
+    if opt.compile:  # in place, before accelerator.prepare: weight names stay unet.* / conv.*
+        from core.models import compile_unet
+
+        compile_unet(model)
+        say("[compile] torch.compile of the U-Net: the first step waits while it compiles (on a GPU typically tens of "
+            "seconds to minutes), the first evaluation and a new batch size compile once more")
 
     # ------------------------------------------------------------------ data
     train_ds, eval_ds = T.build_datasets(opt)

@@ -14,7 +14,8 @@ Stages (each is timed, a failure is recorded and the next stage still runs):
 3. ``train``: ``main.py big`` on synthetic data in bf16 with LPIPS (a random VGG backbone: nothing
    can be downloaded there), EMA, the default renderer (gsplat if its kernels load, else torch),
    a checkpoint half-way, then a second run ``--resume_from latest`` to the end. Step time is
-   the median of the second run's steps (``train_log.jsonl``), memory its CUDA peak.
+   the median of the second run's steps (``train_log.jsonl``), memory its CUDA peak. Then the
+   first half again with ``--compile``: the first step's wait and the compiled step time.
 4. ``infer``: ``infer.py`` on an RGBA image with a tiny random ImageDream folder (fp16 on CUDA)
    and the weights the training stage wrote: .ply and turntable .mp4, with ``--offload none``,
    ``model`` and ``sequential`` (seconds and the peak GPU memory each run added; the diffusion
@@ -141,7 +142,24 @@ def stage_train(ctx: dict) -> list[dict]:
     rows.append({"stage": "train", "what": f"{args[0]}: resume at {half}, steps {half + 1}-{steps}", **second})
     ctx["weights"] = ws / "model.safetensors"
     ctx["train_args"] = args
+    rows.append(compile_row(args, half, ctx))
     return rows
+
+
+def compile_row(args: list[str], steps: int, ctx: dict) -> dict:
+    """The same training with --compile (fresh workspace, no evaluation): the first step's wait
+    (compiling) and the median step time, to set beside the eager run's."""
+    row = {"stage": "train", "what": f"{args[0]}: --compile, steps 1-{steps}"}
+    if ctx["dry_run"]:  # inductor needs a minute on 2 CPU cores for the micro model; tests/test_compile.py covers it
+        return {**row, "status": "not run (dry run)"}
+    ws = ctx["workdir"] / "train_compile"
+    result = run_main(TRAIN_ARGS[ctx["mode"]] + ["--workspace", str(ws), "--max_steps", str(steps), "--compile",
+                                                 "--num_eval_objects", "0", "--save_every", "0"], ctx)
+    log = [json.loads(line) for line in (ws / "train_log.jsonl").read_text().splitlines()] if result["status"] == "ok" else []
+    times = [b["time"] - a["time"] for a, b in zip(log[1:], log[2:])]
+    return {**row, **result, "first_step_s": log[0]["time"] if log else None,
+            "step_s": statistics.median(times) if times else None,
+            "peak_mem_gb": max((r["peak_mem_gb"] for r in log), default=None)}
 
 
 def stage_infer(ctx: dict) -> list[dict]:
@@ -242,7 +260,8 @@ def main_with_random_lpips(argv: list[str]) -> int:
 
 
 def print_table(rows: list[dict]) -> None:
-    keys = ("status", "seconds", "step_s", "forward_ms", "forward_backward_ms", "psnr_vs_torch_db", "peak_mem_gb")
+    keys = ("status", "seconds", "step_s", "first_step_s", "forward_ms", "forward_backward_ms", "psnr_vs_torch_db",
+            "peak_mem_gb")
     print(f"\n{'stage':<7} {'what':<46} " + " ".join(f"{k:>19}" for k in keys))
     for r in rows:
         cells = []
