@@ -12,7 +12,6 @@ checkpoint, weights for inference, evaluation and exports of held-out objects.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 import warnings
@@ -60,10 +59,10 @@ def train(opt) -> int:
     from core.outputs import OutputError, WorkspaceLock, prepare_output_dir
     from core.weights import load_weights
 
-    if opt.resume_from == "latest":  # nothing to continue: say so before creating the folder
-        T.resolve_resume_dir(Path(opt.workspace).expanduser(), "latest")
+    # the checkpoint to continue, found before anything is created (nothing to continue: no new folder)
+    ckpt = T.resolve_resume_dir(Path(opt.workspace).expanduser(), opt.resume_from) if opt.resume_from else None
     ws = prepare_output_dir(opt.workspace, "--workspace")
-    start_step = T.read_progress(T.resolve_resume_dir(ws, opt.resume_from))["step"] if opt.resume_from else 0
+    start_step = T.read_progress(ckpt)["step"] if ckpt is not None else 0
     trackers, tracker_notes = T.build_trackers(opt.report_to, ws, purge_step=start_step + 1 if start_step else None)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several CPU processes then talk over gloo
@@ -138,8 +137,7 @@ def train(opt) -> int:
 
     # ------------------------------------------------------------------ resume the full state
     global_step = 0
-    if opt.resume_from:
-        ckpt = T.resolve_resume_dir(ws, opt.resume_from)
+    if ckpt is not None:
         progress = T.load_checkpoint(accelerator, ckpt, raw_model, ema)
         global_step = progress["step"]
         planned = progress.get("total_steps", total_steps)
@@ -162,10 +160,11 @@ def train(opt) -> int:
     if len(eval_ds) == 0:
         say("[eval] no held-out objects (--num_eval_objects 0): evaluation is skipped")
 
-    evals: dict[int, dict] = {}  # step -> results
+    evals: dict[int, Optional[dict]] = {}  # step -> results of the evaluations run so far
 
     def run_eval(step: int) -> Optional[dict]:
         if len(eval_ds) == 0:
+            evals[step] = None
             return None
         model.eval()
         with ema.applied_to(raw_model) if ema is not None else contextlib.nullcontext():
@@ -197,7 +196,7 @@ def train(opt) -> int:
     # ------------------------------------------------------------------ the loop
     model.train()
     epoch, skip = T.loader_position(global_step, len(train_loader), opt.gradient_accumulation_steps)
-    t0, last_log, nonfinite, last_saved, last_eval = time.time(), time.time(), 0, global_step, -1
+    t0, last_log, nonfinite, last_saved = time.time(), time.time(), 0, global_step
     pbar = tqdm(total=total_steps, initial=global_step, disable=not main_proc, desc="train", dynamic_ncols=True)
     stop, signalled = global_step >= total_steps, False
     while not stop:
@@ -257,7 +256,6 @@ def train(opt) -> int:
                     T.log_image(accelerator, "train/inputs_gt_pred", grid, global_step)
             if opt.eval_every and global_step % opt.eval_every == 0:
                 run_eval(global_step)
-                last_eval = global_step
             if opt.save_every and global_step % opt.save_every == 0:
                 save(global_step, epoch)
                 last_saved = global_step
@@ -287,7 +285,7 @@ def train(opt) -> int:
         sums = accelerator.gather(T.weight_fingerprint(raw_model).reshape(1, 2))
         same = bool((sums == sums[0]).all())
         say(f"[train] {'identical' if same else 'DIFFERENT'} weights on {accelerator.num_processes} processes")
-    res = run_eval(global_step) if last_eval != global_step else evals.get(global_step)
+    res = evals[global_step] if global_step in evals else run_eval(global_step)
     if main_proc and opt.export_objects > 0 and len(eval_ds) > 0:
         export_objects(raw_model, ema, eval_ds, opt, ws / "export")
     if main_proc and res is not None and res["psnr"] is not None:
@@ -301,15 +299,14 @@ def train(opt) -> int:
 
 def describe_resume_weights(opt) -> str:
     """' (trained as 'cpu', with other model options: ...)' for --resume weights that store their options."""
-    from core.models import META_OPTIONS, META_PRESET, model_options
-    from core.weights import read_metadata
+    from core.models import model_options, option_differences, stored_options
 
-    meta = read_metadata(opt.resume)
-    if META_OPTIONS not in meta:
+    stored = stored_options(opt.resume)
+    if stored is None:
         return ""
-    stored, mine = json.loads(meta[META_OPTIONS]), model_options(opt)
-    differ = [f"{k} {v} (now {mine[k]})" for k, v in stored.items() if k in mine and mine[k] != v]
-    return f" (trained as '{meta.get(META_PRESET)}'" + (f", with other model options: {', '.join(differ)})" if differ else ")")
+    name, options = stored
+    differ = option_differences(options, model_options(opt), "now")
+    return f" (trained as '{name}'" + (f", with other model options: {', '.join(differ)})" if differ else ")")
 
 
 @torch.no_grad()

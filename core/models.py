@@ -422,6 +422,23 @@ def weights_metadata(opt: Options) -> dict[str, str]:
     return {META_PRESET: preset_name(opt) or "custom", META_OPTIONS: json.dumps(model_options(opt))}
 
 
+def stored_options(path) -> Optional[tuple[str, dict]]:
+    """(preset name or 'custom', {field: value, tuples as lists}) stored in weights by
+    :func:`weights_metadata`, or None for files without them (the published checkpoints)."""
+    from core.weights import read_metadata
+
+    meta = read_metadata(path)
+    if META_OPTIONS not in meta:
+        return None
+    return meta.get(META_PRESET, "custom"), {k: v for k, v in json.loads(meta[META_OPTIONS]).items() if k in MODEL_OPTIONS}
+
+
+def option_differences(options: dict, other: dict, label: str) -> list[str]:
+    """'down_channels [32, 64] (preset: [32, 64, 128])' for each field of ``options`` whose value in
+    ``other`` differs (both as :func:`model_options` gives them); ``label`` names ``other``."""
+    return [f"{k} {v} ({label}: {other[k]})" for k, v in options.items() if k in other and other[k] != v]
+
+
 def options_for_weights(path, preset: Optional[str] = None) -> tuple[Options, str]:
     """The options to build the model of the weights at ``path``, and a name for it.
 
@@ -431,12 +448,12 @@ def options_for_weights(path, preset: Optional[str] = None) -> tuple[Options, st
     whose tensor shapes they have. Raises :class:`core.weights.WeightsMismatchError`.
     """
     from core.options import config_defaults, replace
-    from core.weights import WeightsMismatchError, read_metadata, read_shapes, read_state_dict
+    from core.weights import WeightsMismatchError, read_shapes, read_state_dict
 
     if preset is not None and preset not in config_defaults:
         raise WeightsMismatchError(f"unknown preset '{preset}'; choose one of {', '.join(config_defaults)}")
-    meta = read_metadata(path)
-    if META_OPTIONS not in meta:  # the published files
+    stored = stored_options(path)
+    if stored is None:  # the published files
         if preset is not None:
             return config_defaults[preset], preset
         shapes = read_shapes(path) if str(path).endswith(".safetensors") else read_state_dict(path)
@@ -447,12 +464,10 @@ def options_for_weights(path, preset: Optional[str] = None) -> tuple[Options, st
                 f"preset ({', '.join(config_defaults)}): pass --preset with the options it was trained with."
             )
         return config_defaults[found], found
-    name = meta.get(META_PRESET, "custom")
-    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta[META_OPTIONS]).items() if k in MODEL_OPTIONS}
-    opt = replace(config_defaults.get(name, Options()), **stored)
+    name, options = stored
+    opt = replace(config_defaults.get(name, Options()), **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
     if preset is not None:
-        wanted = model_options(config_defaults[preset])
-        differ = [f"{k} {v} (preset: {wanted[k]})" for k, v in model_options(opt).items() if wanted[k] != v]
+        differ = option_differences(model_options(opt), model_options(config_defaults[preset]), "preset")
         if differ:
             raise WeightsMismatchError(
                 f"--preset {preset} does not build the model of {path}, which was trained as '{name}' and stores its "

@@ -24,7 +24,7 @@ from core.images import image_grid, unnormalize_imagenet, write_image
 from core.metrics import LPIPSUnavailableError, build_lpips, lpips_distance, psnr, ssim
 from core.options import Options
 from core.outputs import OutputError, share_like_other_outputs, write_atomically
-from core.runtime import no_autocast
+from core.runtime import at_least_fp32, no_autocast
 
 CHECKPOINT_PREFIX = "step_"
 COMPLETE_MARKER = "progress.json"
@@ -478,9 +478,9 @@ def score_batch(model, data: dict, opt: Options, lpips_net: Optional[nn.Module])
     n_in = opt.num_input_views
     gaussians = model.forward_gaussians(data["input"])  # [B, N, 14]
     with no_autocast(gaussians.device):
-        out = model.gs.render(gaussians.float(), data["cam_view"], data["cam_view_proj"], data["cam_pos"])
-        pred = out["image"][:, n_in:].float()  # [B, V-4, 3, H, W]
-        gt = data["images_output"][:, n_in:].float()
+        out = model.gs.render(at_least_fp32(gaussians), data["cam_view"], data["cam_view_proj"], data["cam_pos"])
+        pred = at_least_fp32(out["image"][:, n_in:])  # [B, V-4, 3, H, W]
+        gt = at_least_fp32(data["images_output"][:, n_in:])
         if lpips_net is not None:
             lp = lpips_distance(lpips_net, pred.flatten(0, 1), gt.flatten(0, 1)).view(pred.shape[:2]).mean(1)
         else:
